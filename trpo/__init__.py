@@ -1,0 +1,1 @@
+"""TRPO for MuJoCo tasks, configured by Hydra and logged to Weights & Biases."""

@@ -1,0 +1,184 @@
+"""The typed schema of a run's configuration, and its validation.
+
+Hydra composes ``conf/`` into a plain ``DictConfig``. :func:`validate` checks it against the dataclasses
+below -- every key's type, then every number's range -- before anything is built, and raises
+:class:`ConfigError` with one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value that is refused; its message is the one line a user sees."""
+
+
+def _rule(check: Callable[[Any], bool], allowed: str) -> dict:
+    return {"check": check, "allowed": allowed}
+
+
+def positive() -> dict:
+    return _rule(lambda v: v > 0, "> 0")
+
+
+def at_least(low: float) -> dict:
+    return _rule(lambda v: v >= low, f">= {low}")
+
+
+def in_open_interval(low: float, high: float) -> dict:
+    return _rule(lambda v: low < v < high, f"in ({low}, {high})")
+
+
+def in_closed_interval(low: float, high: float) -> dict:
+    return _rule(lambda v: low <= v <= high, f"in [{low}, {high}]")
+
+
+def one_of(*choices: str) -> dict:
+    return _rule(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+@dataclass
+class EnvConfig:
+    id: str = "HalfCheetah-v5"
+    max_ep_len: int = field(default=1000, metadata=at_least(1))
+
+
+@dataclass
+class PolicyConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = field(default="tanh", metadata=one_of("tanh", "relu", "elu"))
+    init_log_std: float = -0.5
+
+
+@dataclass
+class TRPOConfig:
+    _target_: str = "trpo.updates.TRPO"
+    delta: float = field(default=0.01, metadata=positive())
+    damping_coeff: float = field(default=0.1, metadata=at_least(0.0))
+    cg_iters: int = field(default=10, metadata=at_least(1))
+    backtrack_iters: int = field(default=10, metadata=at_least(1))
+    backtrack_coeff: float = field(default=0.8, metadata=in_open_interval(0.0, 1.0))
+    lam: float = field(default=0.97, metadata=in_closed_interval(0.0, 1.0))
+    gamma: float = field(default=0.99, metadata=in_closed_interval(0.0, 1.0))
+    vf_lr: float = field(default=1e-3, metadata=positive())
+    train_v_iters: int = field(default=80, metadata=at_least(0))
+
+
+@dataclass
+class WandbConfig:
+    mode: str = field(default="offline", metadata=one_of("offline", "online", "disabled"))
+    project: str = "trpo"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SamplerConfig:
+    num_envs: int = field(default=1, metadata=at_least(1))
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = field(default=10, metadata=at_least(1))
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    optimizer: Any = None  # its schema depends on the update rule: see OPTIMIZER_SCHEMAS
+    logger: WandbConfig = field(default_factory=WandbConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = field(default=0, metadata=at_least(0))
+    epochs: int = field(default=50, metadata=at_least(1))
+    steps_per_epoch: int = field(default=4000, metadata=at_least(1))
+    save_freq: int = field(default=10, metadata=at_least(1))
+    device: str = field(default="cpu", metadata=one_of("cpu"))
+    torch_threads: int = field(default=1, metadata=at_least(1))
+
+
+# Each update rule's schema, found by its ``_target_``.
+OPTIMIZER_SCHEMAS: dict[str, type] = {TRPOConfig._target_: TRPOConfig}
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is list:
+        return f"a list of {get_args(annotation)[0].__name__}"
+    if origin is not None:  # Optional[X]
+        return f"{_type_name(get_args(annotation)[0])} or null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[annotation]
+
+
+def _conforms(value: Any, annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is list:
+        return isinstance(value, (list, ListConfig)) and all(_conforms(v, get_args(annotation)[0]) for v in value)
+    if origin is not None:  # Optional[X]
+        return value is None or _conforms(value, get_args(annotation)[0])
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _check_section(section: Any, schema: type, prefix: str) -> None:
+    if not isinstance(section, (dict, DictConfig)):
+        raise ConfigError(f"{prefix.rstrip('.')}={section!r} is not allowed: expected a section of keys")
+    hints = get_type_hints(schema)
+    known = {f.name: f for f in dataclasses.fields(schema)}
+    for key in section:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key} is not a known key (allowed: {', '.join(sorted(known))})")
+    for name, spec in known.items():
+        key = prefix + name
+        if name not in section:
+            raise ConfigError(f"{key} is missing")
+        value = section[name]
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            _check_section(value, annotation, key + ".")
+            continue
+        if annotation is Any:
+            continue
+        if not _conforms(value, annotation):
+            raise ConfigError(f"{key}={value!r} is not allowed: expected {_type_name(annotation)}")
+        rule = spec.metadata
+        if rule and not rule["check"](value):
+            raise ConfigError(f"{key}={value!r} is not allowed: must be {rule['allowed']}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every key of a composed config; raise :class:`ConfigError` on the first bad one."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    target = plain.get("optimizer", {}).get("_target_") if isinstance(plain.get("optimizer"), dict) else None
+    if target not in OPTIMIZER_SCHEMAS:
+        raise ConfigError(f"optimizer._target_={target!r} is not allowed: must be one of {', '.join(OPTIMIZER_SCHEMAS)}")
+    _check_section(plain, Config, "")
+    _check_section(plain["optimizer"], OPTIMIZER_SCHEMAS[target], "optimizer.")
+    if any(not isinstance(h, int) or h < 1 for h in plain["policy"]["hidden_sizes"]):
+        raise ConfigError(f"policy.hidden_sizes={plain['policy']['hidden_sizes']} is not allowed: sizes must be >= 1")
+    if plain["steps_per_epoch"] % plain["sampler"]["num_envs"]:
+        raise ConfigError(
+            f"steps_per_epoch={plain['steps_per_epoch']} is not allowed: must be a multiple of "
+            f"sampler.num_envs={plain['sampler']['num_envs']}"
+        )
+    _check_env_id(plain["env"]["id"])
+
+
+def _check_env_id(env_id: str) -> None:
+    import gymnasium
+
+    if env_id not in gymnasium.registry:
+        close = [k for k in gymnasium.registry if k.lower().startswith(env_id.split("-")[0].lower()[:4])]
+        hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+        raise ConfigError(f"env.id={env_id!r} is not a registered Gymnasium environment{hint}")

@@ -1,0 +1,91 @@
+"""Where each epoch's numbers go: ``progress.csv`` in the run's directory, and a Weights & Biases run.
+
+Both sinks receive the same dict of Spinning Up's keys once per epoch (see :data:`EPOCH_KEYS`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+EPOCH_KEYS = [
+    "Epoch",
+    "AverageEpRet",
+    "StdEpRet",
+    "MaxEpRet",
+    "MinEpRet",
+    "EpLen",
+    "VVals",
+    "TotalEnvInteracts",
+    "LossPi",
+    "LossV",
+    "DeltaLossPi",
+    "DeltaLossV",
+    "KL",
+    "BacktrackIters",
+    "Time",
+]
+
+
+class CSVLogger:
+    """Appends one row per epoch to ``path``, the keys as columns, flushing each row so a crash loses none."""
+
+    def __init__(self, path: Path, keys: list[str] = EPOCH_KEYS):
+        self.path = Path(path)
+        self.keys = keys
+        new_file = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=keys)
+        if new_file:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def log(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: row.get(k, "") for k in self.keys})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class WandbLogger:
+    """One W&B run per job, its files under ``run_dir/wandb``; offline by default, so no login is needed."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        mode: str,
+        project: str,
+        entity: Optional[str],
+        group: Optional[str],
+        tags: list[str],
+        name: Optional[str],
+    ):
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(
+            dir=str(run_dir),
+            config=config,
+            mode=mode,
+            project=project,
+            entity=entity,
+            group=group,
+            tags=list(tags),
+            name=name,
+            job_type="train",
+            settings=wandb.Settings(console="off", quiet=True, x_disable_stats=True),
+        )
+
+    def log(self, row: dict[str, Any]) -> None:
+        clean = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+        self.run.log(clean, step=int(row["Epoch"]))
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.run.summary.update(values)
+
+    def close(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)

@@ -1,0 +1,100 @@
+"""Policy and value networks.
+
+A policy maps a batch of observations to a ``torch.distributions`` distribution over actions:
+:class:`GaussianPolicy` (diagonal Gaussian, state-independent log-std) for continuous actions,
+:class:`CategoricalPolicy` for discrete ones. Log-probabilities and KL divergences come from the
+distribution objects, so the update rules never need to know which one they hold.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """A stochastic policy :math:`\\pi_\\theta(a|s)`."""
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        """The action distribution at each observation of the batch."""
+        raise NotImplementedError
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action used for evaluation: the mean, or the most likely class."""
+        raise NotImplementedError
+
+
+class GaussianPolicy(Policy):
+    r""":math:`\pi_\theta(a|s) = \mathcal{N}(\mu_\theta(s), \operatorname{diag}(\sigma^2))` with
+    :math:`\log\sigma` a learned vector that does not depend on the state."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int], activation: str, init_log_std: float):
+        super().__init__()
+        self.mean_net = mlp([obs_dim, *hidden_sizes, act_dim], activation)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        # Independent sums log-probs and KLs over action dimensions, as the diagonal Gaussian requires.
+        # Argument validation is off: it costs more than the network on the per-step sampling path.
+        return Independent(Normal(self.mean_net(obs), self.log_std.exp(), validate_args=False), 1, validate_args=False)
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mean_net(obs)
+
+
+class CategoricalPolicy(Policy):
+    r""":math:`\pi_\theta(a|s) = \operatorname{softmax}(f_\theta(s))_a` over a discrete action set."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden_sizes: Sequence[int], activation: str):
+        super().__init__()
+        self.logits_net = mlp([obs_dim, *hidden_sizes, num_actions], activation)
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        return Categorical(logits=self.logits_net(obs), validate_args=False)
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.logits_net(obs).argmax(dim=-1)
+
+
+class ValueFunction(nn.Module):
+    """:math:`V_\\phi(s)`, the critic that baselines the advantages."""
+
+    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int], activation: str):
+        super().__init__()
+        self.net = mlp([obs_dim, *hidden_sizes, 1], activation)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+def make_policy(
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    hidden_sizes: Sequence[int],
+    activation: str,
+    init_log_std: float,
+) -> Policy:
+    """The policy that fits ``action_space``: Gaussian for ``Box``, Categorical for ``Discrete``."""
+    obs_dim = int(np.prod(observation_space.shape))
+    if isinstance(action_space, gym.spaces.Box):
+        return GaussianPolicy(obs_dim, int(np.prod(action_space.shape)), hidden_sizes, activation, init_log_std)
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalPolicy(obs_dim, int(action_space.n), hidden_sizes, activation)
+    raise TypeError(f"unsupported action space {action_space}")

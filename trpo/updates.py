@@ -1,0 +1,158 @@
+"""Update rules: given one epoch's :class:`~trpo.buffer.Batch`, improve the policy and the value function.
+
+Every rule has the same interface -- build it with the two networks and its hyperparameters (Hydra's
+``_target_`` in ``conf/optimizer/*.yaml``), then call :meth:`UpdateRule.update` once per epoch -- so the
+Runner does not know which one it drives.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trpo.buffer import Batch
+from trpo.networks import Policy, ValueFunction
+from trpo.trust_region import (
+    backtracking_line_search,
+    conjugate_gradient,
+    fisher_vector_product,
+    flat_grad,
+    flat_params,
+    max_step,
+    mean_kl,
+    set_flat_params,
+    surrogate_advantage,
+)
+
+
+class UpdateRule:
+    """Fits the value function by regression on the rewards-to-go; subclasses define the policy step.
+
+    Args:
+        policy: the policy :math:`\\pi_\\theta` to improve.
+        value_function: the critic :math:`V_\\phi`.
+        gamma: discount factor, in [0, 1]; usually 0.99.
+        lam: GAE's :math:`\\lambda`, in [0, 1]; usually 0.95-0.97.
+        vf_lr: Adam learning rate of the value function; usually 1e-3.
+        train_v_iters: full-batch value-function gradient steps per epoch; usually 80.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        value_function: ValueFunction,
+        gamma: float,
+        lam: float,
+        vf_lr: float,
+        train_v_iters: int,
+    ):
+        self.policy = policy
+        self.value_function = value_function
+        self.gamma = gamma
+        self.lam = lam
+        self.train_v_iters = train_v_iters
+        self.vf_optimizer = torch.optim.Adam(value_function.parameters(), lr=vf_lr)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One policy step and one value fit on the epoch's batch; returns the numbers to log."""
+        stats = self.policy_step(batch)
+        stats.update(self.fit_value_function(batch))
+        return stats
+
+    def policy_step(self, batch: Batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    def fit_value_function(self, batch: Batch) -> dict[str, float]:
+        """``train_v_iters`` Adam steps on :math:`\\frac1{|B|}\\sum_t (V_\\phi(s_t) - \\hat R_t)^2`."""
+
+        def value_loss() -> torch.Tensor:
+            return ((self.value_function(batch.obs) - batch.returns) ** 2).mean()
+
+        with torch.no_grad():
+            loss_before = value_loss().item()
+        for _ in range(self.train_v_iters):
+            self.vf_optimizer.zero_grad()
+            value_loss().backward()
+            self.vf_optimizer.step()
+        with torch.no_grad():
+            loss_after = value_loss().item()
+        return {"LossV": loss_before, "DeltaLossV": loss_after - loss_before}
+
+
+class TRPO(UpdateRule):
+    r"""Trust Region Policy Optimization (Schulman et al., 2015), the update of Spinning Up's ``trpo``.
+
+    One policy step, in the paper's symbols:
+
+    1. :math:`g = \nabla_\theta L(\theta_k, \theta)` at :math:`\theta_k` (the policy gradient);
+    2. :math:`x \approx (H + \text{damping}\,I)^{-1} g` by ``cg_iters`` steps of conjugate gradient, where
+       :math:`Hv` is a Fisher-vector product of the mean KL;
+    3. full step :math:`s = \sqrt{2\delta / x^\top H x}\, x`;
+    4. backtracking: :math:`\theta_{k+1} = \theta_k + \alpha^j s` for the smallest :math:`j <` ``backtrack_iters``
+       with :math:`\bar D_{KL} \le \delta` and an improved surrogate; if none, :math:`\theta_{k+1} = \theta_k`.
+
+    Args:
+        delta: the KL limit :math:`\delta` per update; usually 0.01-0.05. Smaller is more conservative.
+        damping_coeff: added to :math:`H`'s diagonal for numerical stability; usually 0.1, rarely changed.
+        cg_iters: conjugate-gradient iterations; usually 10. More is a better solve, and slower.
+        backtrack_iters: the most line-search steps; usually 10 (rarely reached).
+        backtrack_coeff: :math:`\alpha`, the step's shrink factor per backtrack, in (0, 1); usually 0.8.
+        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        value_function: ValueFunction,
+        delta: float,
+        damping_coeff: float,
+        cg_iters: int,
+        backtrack_iters: int,
+        backtrack_coeff: float,
+        **value_kwargs,
+    ):
+        super().__init__(policy, value_function, **value_kwargs)
+        self.delta = delta
+        self.damping_coeff = damping_coeff
+        self.cg_iters = cg_iters
+        self.backtrack_iters = backtrack_iters
+        self.backtrack_coeff = backtrack_coeff
+
+    def policy_step(self, batch: Batch) -> dict[str, float]:
+        params = list(self.policy.parameters())
+        with torch.no_grad():
+            old_distribution = self.policy.distribution(batch.obs)
+
+        def surrogate() -> torch.Tensor:
+            logp = self.policy.distribution(batch.obs).log_prob(batch.actions)
+            return surrogate_advantage(logp, batch.logp_old, batch.advantages)
+
+        def kl() -> torch.Tensor:
+            return mean_kl(old_distribution, self.policy.distribution(batch.obs))
+
+        surrogate_old = surrogate()
+        g = flat_grad(surrogate_old, params)
+        hessian_vector_product = fisher_vector_product(kl, params, self.damping_coeff)
+        x = conjugate_gradient(hessian_vector_product, g, self.cg_iters)
+        full_step = max_step(x, hessian_vector_product(x), self.delta)
+
+        def evaluate(candidate: torch.Tensor) -> tuple[float, float]:
+            set_flat_params(params, candidate)
+            with torch.no_grad():
+                return surrogate().item(), kl().item()
+
+        result = backtracking_line_search(
+            evaluate,
+            flat_params(params),
+            full_step,
+            surrogate_old.item(),
+            self.delta,
+            self.backtrack_coeff,
+            self.backtrack_iters,
+        )
+        set_flat_params(params, result.params)
+        return {
+            "LossPi": -surrogate_old.item(),
+            "DeltaLossPi": -(result.surrogate - surrogate_old.item()),
+            "KL": result.kl,
+            "BacktrackIters": result.backtracks,
+        }
