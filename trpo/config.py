@@ -82,6 +82,7 @@ class WandbConfig:
 @dataclass
 class SamplerConfig:
     num_envs: int = field(default=1, metadata=at_least(1))
+    workers: int = field(default=0, metadata=at_least(0))
 
 
 @dataclass

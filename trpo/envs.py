@@ -5,11 +5,17 @@ one batched policy call per step. An episode that ends is reset in the same step
 for that env is the new episode's first one, and the last observation of the finished episode is handed back
 separately (``final_obs``) so a time-limited episode can be bootstrapped with :math:`V` of its true last state.
 No transition of one episode ever leaks into the next.
+
+:class:`SubprocEnvBatch` has the same interface and the same results for the same seed, but splits the envs
+over worker processes that step in parallel, so the physics runs on every core while this process runs the
+policy.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 import gymnasium as gym
 import numpy as np
@@ -85,3 +91,88 @@ class EnvBatch:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def _env_worker(conn: Connection, env_id: str, max_ep_len: int, num_envs: int, clip_actions: bool) -> None:
+    envs = EnvBatch(env_id, max_ep_len, num_envs, clip_actions)
+    conn.send((envs.observation_space, envs.action_space))
+    while True:
+        command, argument = conn.recv()
+        if command == "step":
+            conn.send(envs.step(argument))
+        elif command == "reset":
+            conn.send(envs.reset(argument))
+        else:
+            envs.close()
+            conn.close()
+            return
+
+
+class SubprocEnvBatch:
+    """An :class:`EnvBatch` whose envs are split over ``num_workers`` processes stepping in parallel.
+
+    Env ``i`` is seeded with ``seed + i`` whichever worker holds it, so a run does not depend on
+    ``num_workers``. Each step sends every worker its slice of the actions, then gathers the results in env order.
+    """
+
+    def __init__(self, env_id: str, max_ep_len: int, num_envs: int, num_workers: int, clip_actions: bool = True):
+        num_workers = min(num_workers, num_envs)
+        bounds = [round(k * num_envs / num_workers) for k in range(num_workers + 1)]
+        self.slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self.num_envs = num_envs
+        # spawn, not fork: the parent may already run threads (torch, W&B) that fork would copy half-way.
+        context = mp.get_context("spawn")
+        self.connections, self.processes = [], []
+        for part in self.slices:
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_env_worker,
+                args=(child, env_id, max_ep_len, part.stop - part.start, clip_actions),
+                daemon=True,
+            )
+            process.start()
+            child.close()
+            self.connections.append(parent)
+            self.processes.append(process)
+        self.observation_space, self.action_space = self.connections[0].recv()
+        for conn in self.connections[1:]:
+            conn.recv()
+
+    def reset(self, seed: int) -> np.ndarray:
+        for conn, part in zip(self.connections, self.slices):
+            conn.send(("reset", seed + part.start))
+        return np.concatenate([conn.recv() for conn in self.connections])
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        for conn, part in zip(self.connections, self.slices):
+            conn.send(("step", actions[part]))
+        parts = [conn.recv() for conn in self.connections]
+        return StepResult(
+            obs=np.concatenate([p.obs for p in parts]),
+            rewards=np.concatenate([p.rewards for p in parts]),
+            terminated=np.concatenate([p.terminated for p in parts]),
+            truncated=np.concatenate([p.truncated for p in parts]),
+            final_obs=np.concatenate([p.final_obs for p in parts]),
+            finished_returns=[r for p in parts for r in p.finished_returns],
+            finished_lengths=[n for p in parts for n in p.finished_lengths],
+        )
+
+    def close(self) -> None:
+        for conn in self.connections:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+
+
+def make_env_batch(
+    env_id: str, max_ep_len: int, num_envs: int, workers: int, clip_actions: bool = True
+) -> EnvBatch | SubprocEnvBatch:
+    """``num_envs`` envs in this process (``workers`` = 0) or split over ``workers`` processes."""
+    if workers == 0:
+        return EnvBatch(env_id, max_ep_len, num_envs, clip_actions)
+    return SubprocEnvBatch(env_id, max_ep_len, num_envs, workers, clip_actions)

@@ -26,6 +26,8 @@ EPOCH_KEYS = [
     "KL",
     "BacktrackIters",
     "Time",
+    "SampleTime",  # seconds this epoch spent collecting experience and estimating advantages
+    "UpdateTime",  # seconds this epoch spent in the policy step and the value fit
 ]
 
 

@@ -36,6 +36,10 @@ class Policy(nn.Module):
         """The action distribution at each observation of the batch."""
         raise NotImplementedError
 
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """Draw one action per observation (the sampler's per-step call, so kept lean)."""
+        return self.distribution(obs).sample()
+
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The action used for evaluation: the mean, or the most likely class."""
         raise NotImplementedError
@@ -54,6 +58,11 @@ class GaussianPolicy(Policy):
         # Independent sums log-probs and KLs over action dimensions, as the diagonal Gaussian requires.
         # Argument validation is off: it costs more than the network on the per-step sampling path.
         return Independent(Normal(self.mean_net(obs), self.log_std.exp(), validate_args=False), 1, validate_args=False)
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        # The reparameterised draw mu + sigma * eps skips building a distribution object at every env step.
+        mean = self.mean_net(obs)
+        return mean + self.log_std.exp() * torch.randn_like(mean)
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mean_net(obs)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trpo.buffer import RolloutBuffer
 from trpo.config import ConfigError, validate
-from trpo.envs import EnvBatch
+from trpo.envs import make_env_batch
 from trpo.evaluation import evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
 from trpo.networks import ValueFunction, make_policy
@@ -57,7 +57,7 @@ class Runner:
         cfg = self.cfg
         torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
-        envs = EnvBatch(cfg.env.id, cfg.env.max_ep_len, cfg.sampler.num_envs)
+        envs = make_env_batch(cfg.env.id, cfg.env.max_ep_len, cfg.sampler.num_envs, cfg.sampler.workers)
         policy = make_policy(envs.observation_space, envs.action_space, **cfg.policy)
         value_function = ValueFunction(
             int(np.prod(envs.observation_space.shape)), cfg.policy.hidden_sizes, cfg.policy.activation
@@ -86,9 +86,12 @@ class Runner:
         try:
             start = time.perf_counter()
             for epoch in range(cfg.epochs):
+                epoch_start = time.perf_counter()
                 episodes = sampler.collect(buffer)
                 batch, values = buffer.compute_batch(value_function, update_rule.gamma, update_rule.lam)
+                update_start = time.perf_counter()
                 stats = update_rule.update(batch)
+                update_end = time.perf_counter()
                 returns = np.array(episodes.returns) if episodes.returns else np.array([np.nan])
                 row = {
                     "Epoch": epoch,
@@ -100,7 +103,9 @@ class Runner:
                     "VVals": float(values.mean()),
                     "TotalEnvInteracts": (epoch + 1) * buffer.steps * envs.num_envs,
                     **stats,
-                    "Time": time.perf_counter() - start,
+                    "Time": update_end - start,
+                    "SampleTime": update_start - epoch_start,
+                    "UpdateTime": update_end - update_start,
                 }
                 last_epoch = epoch == cfg.epochs - 1
                 if last_epoch:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from trpo.buffer import RolloutBuffer
-from trpo.envs import EnvBatch
+from trpo.envs import EnvBatch, SubprocEnvBatch
 from trpo.networks import Policy
 
 
@@ -27,7 +26,7 @@ class Sampler:
     where the epoch cuts it, and the episode is counted in the epoch where it finishes.
     """
 
-    def __init__(self, envs: EnvBatch, policy: Policy, seed: int):
+    def __init__(self, envs: EnvBatch | SubprocEnvBatch, policy: Policy, seed: int):
         self.envs = envs
         self.policy = policy
         self.obs = envs.reset(seed=seed)
@@ -36,14 +35,11 @@ class Sampler:
         """Fill ``buffer`` with ``buffer.steps`` lockstep steps of every env."""
         episodes = EpisodeRecord()
         for t in range(buffer.steps):
-            with torch.no_grad():
-                distribution = self.policy.distribution(torch.from_numpy(self.obs))
-                actions = distribution.sample()
-                logp = distribution.log_prob(actions)
-            step = self.envs.step(actions.numpy())
+            with torch.inference_mode():
+                actions = self.policy.sample(torch.from_numpy(self.obs)).numpy()
+            step = self.envs.step(actions)
             buffer.obs[t] = self.obs
-            buffer.actions[t] = actions.numpy()
-            buffer.logp[t] = logp.numpy()
+            buffer.actions[t] = actions
             buffer.rewards[t] = step.rewards
             buffer.terminated[t] = step.terminated
             buffer.truncated[t] = step.truncated
@@ -51,4 +47,9 @@ class Sampler:
             episodes.returns += step.finished_returns
             episodes.lengths += step.finished_lengths
             self.obs = step.obs
+        # The policy is fixed during the epoch, so log pi_old(a|s) is one batched call instead of one per step.
+        with torch.inference_mode():
+            flat_obs = torch.from_numpy(buffer.obs.reshape(-1, *buffer.obs.shape[2:]))
+            flat_actions = torch.from_numpy(buffer.actions.reshape(-1, *buffer.actions.shape[2:]))
+            buffer.logp[:] = self.policy.distribution(flat_obs).log_prob(flat_actions).numpy().reshape(buffer.logp.shape)
         return episodes

@@ -1,0 +1,58 @@
+"""Shared fixtures: the composed config (via Hydra's compose API), shrunk so tests run in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+# Small enough for seconds, large enough that every code path (episode ends, evaluation) runs.
+TINY = ["epochs=2", "steps_per_epoch=400", "eval.episodes=2", "optimizer.train_v_iters=5"]
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides or [])
+
+
+@pytest.fixture
+def tiny_cartpole_cfg() -> DictConfig:
+    return compose_config(["env=cartpole", "logger.mode=disabled", *TINY])
+
+
+def launch(args: list[str], cwd: Path = ROOT, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``python launch.py ARGS`` as a user would, W&B offline, and return the finished process."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wandb_runs(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def inspect_wandb(path: Path, summary: bool) -> dict | list[dict]:
+    """What a W&B offline run really logged, read back with ``wandb leet inspect``."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    args = [str(wandb_cli), "leet", "inspect", "--json", str(path)]
+    if summary:
+        args.insert(3, "--summary")
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    if summary:
+        return json.loads(out)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
