@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from trpo.buffer import RolloutBuffer
 from trpo.config import ConfigError, validate
@@ -82,6 +83,7 @@ class Runner:
             tags=cfg.logger.tags,
             name=self.identity.name,
         )
+        progress = Progress(cfg.epochs * buffer.steps * envs.num_envs)
         exit_code = 1
         try:
             start = time.perf_counter()
@@ -122,7 +124,7 @@ class Runner:
                     )
                 csv_logger.log(row)
                 wandb_logger.log(row)
-                print(_epoch_line(row), flush=True)
+                progress.update(row)
                 if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
                     torch.save(
                         {"policy": policy.state_dict(), "value_function": value_function.state_dict()},
@@ -132,9 +134,30 @@ class Runner:
             exit_code = 0
             return row["EvalEpRet"]
         finally:
+            progress.close()
             csv_logger.close()
             wandb_logger.close(exit_code)
             envs.close()
+
+
+class Progress:
+    """A progress bar on a terminal; one plain line per epoch otherwise (sweeps, CI logs, files)."""
+
+    def __init__(self, total_steps: int):
+        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if sys.stdout.isatty() else None
+
+    def update(self, row: dict) -> None:
+        if self.bar is None:
+            print(_epoch_line(row), flush=True)
+            return
+        self.bar.update(row["TotalEnvInteracts"] - self.bar.n)
+        self.bar.set_postfix_str(f"epoch {row['Epoch']} AverageEpRet {row['AverageEpRet']:.1f} KL {row['KL']:.4f}")
+        if "EvalEpRet" in row:
+            self.bar.write(_epoch_line(row))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _epoch_line(row: dict) -> str:
@@ -150,22 +173,29 @@ def _epoch_line(row: dict) -> str:
 def run_from_hydra(cfg: DictConfig) -> float:
     """Validate the composed config, name the run from Hydra's runtime, and train it.
 
-    A refused config is reported as one line on stderr (and in ``error.txt`` in the job's dir); the process
-    exits with status 2 before any env or W&B run exists.
+    A refused config is reported as one line on stderr and in ``error.txt`` in the job's dir, before any env
+    or W&B run exists. A single run then exits with status 2; a sweep's job raises, so Hydra marks that job
+    failed and the other jobs go on. A run that crashes leaves its error in ``error.txt`` too.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         validate(cfg)
     except ConfigError as error:
         (run_dir / "error.txt").write_text(f"{error}\n")
         print(f"error: {error}", file=sys.stderr)
+        if multirun:
+            raise
         sys.exit(2)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     # One W&B group per sweep, so the dashboard can put a sweep's runs side by side.
     group = cfg.logger.group or (f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None)
     name = hydra_cfg.job.override_dirname or "default"
-    return Runner(cfg, RunIdentity(run_dir, name=name, group=group)).run()
+    try:
+        return Runner(cfg, RunIdentity(run_dir, name=name, group=group)).run()
+    except Exception as error:
+        (run_dir / "error.txt").write_text(f"run failed: {type(error).__name__}: {error}\n")
+        raise

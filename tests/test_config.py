@@ -1,0 +1,155 @@
+"""Tests of the Hydra configuration in ``conf/`` and of :func:`trpo.config.validate`.
+
+Configs are composed with Hydra's compose API, as a user's command line would compose them, then validated; every
+environment file is also built (Gymnasium env and policy) to prove it names something real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from trpo.config import ConfigError, validate
+from trpo.networks import CategoricalPolicy, GaussianPolicy, make_policy
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+ENV_FILES = sorted(path.stem for path in (CONF_DIR / "env").glob("*.yaml"))
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """``conf/config.yaml`` composed with ``overrides``, as ``launch.py`` would see it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides or [])
+
+
+def test_env_files_are_found():
+    """The parametrization below really covers conf/env/ (an empty list would silently test nothing)."""
+    assert len(ENV_FILES) >= 1
+    assert "halfcheetah" in ENV_FILES
+
+
+def test_default_config_is_valid():
+    """The defaults compose and pass validate, with the documented Spinning Up values."""
+    cfg = compose_config()
+    validate(cfg)
+    assert cfg.env.id == "HalfCheetah-v5"
+    assert cfg.optimizer._target_ == "trpo.updates.TRPO"
+    assert cfg.optimizer.delta == 0.01
+    assert cfg.steps_per_epoch % cfg.sampler.num_envs == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer.lam=0", "optimizer.gamma=1"],
+        ["optimizer.lam=1.0", "optimizer.gamma=0.0"],
+        ["optimizer.damping_coeff=0", "optimizer.train_v_iters=0"],
+        ["optimizer.delta=1", "optimizer.vf_lr=1e-5"],
+        ["steps_per_epoch=4000", "sampler.num_envs=8"],
+        ["policy.activation=relu", "policy.hidden_sizes=[8]"],
+        ["logger.mode=disabled", "logger.entity=me", "logger.tags=[a,b]"],
+    ],
+)
+def test_boundary_values_are_accepted(overrides):
+    """Values at the edge of what is allowed (closed-interval ends, zero where >= 0 is allowed) pass validate."""
+    validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES)
+def test_env_file_composes_validates_and_builds(env_file):
+    """Each conf/env/*.yaml composes, validates, makes its Gymnasium env, and gives a policy of the right kind
+    whose distribution has the action space's shape."""
+    cfg = compose_config([f"env={env_file}"])
+    validate(cfg)
+    env = gym.make(cfg.env.id)
+    try:
+        policy = make_policy(
+            env.observation_space,
+            env.action_space,
+            list(cfg.policy.hidden_sizes),
+            cfg.policy.activation,
+            cfg.policy.init_log_std,
+        )
+        obs, _ = env.reset(seed=0)
+        obs_batch = torch.as_tensor(np.stack([obs, obs]), dtype=torch.float32).reshape(2, -1)
+        with torch.no_grad():
+            distribution = policy.distribution(obs_batch)
+            action = distribution.sample()
+        if isinstance(env.action_space, gym.spaces.Box):
+            assert isinstance(policy, GaussianPolicy)
+            assert distribution.mean.shape == (2, int(np.prod(env.action_space.shape)))
+            assert action.shape == (2, *env.action_space.shape)
+            step_action = np.clip(action[0].numpy(), env.action_space.low, env.action_space.high)
+        else:
+            assert isinstance(env.action_space, gym.spaces.Discrete)
+            assert isinstance(policy, CategoricalPolicy)
+            assert distribution.probs.shape == (2, env.action_space.n)
+            assert action.shape == (2,)
+            step_action = int(action[0])
+        assert distribution.log_prob(action).shape == (2,)
+        env.step(step_action)
+    finally:
+        env.close()
+
+
+BAD_VALUES = [
+    # (overrides, key named in the message, value named in the message)
+    (["optimizer.delta=0"], "optimizer.delta", "0"),
+    (["optimizer.delta=-0.1"], "optimizer.delta", "-0.1"),
+    (["optimizer.delta=abc"], "optimizer.delta", "abc"),
+    (["optimizer.delta=nan"], "optimizer.delta", "nan"),
+    (["optimizer.backtrack_coeff=0"], "optimizer.backtrack_coeff", "0"),
+    (["optimizer.backtrack_coeff=1"], "optimizer.backtrack_coeff", "1"),
+    (["optimizer.backtrack_coeff=1.5"], "optimizer.backtrack_coeff", "1.5"),
+    (["optimizer.lam=-0.1"], "optimizer.lam", "-0.1"),
+    (["optimizer.lam=1.1"], "optimizer.lam", "1.1"),
+    (["optimizer.gamma=1.01"], "optimizer.gamma", "1.01"),
+    (["optimizer.gamma=-0.5"], "optimizer.gamma", "-0.5"),
+    (["optimizer.cg_iters=0"], "optimizer.cg_iters", "0"),
+    (["optimizer.cg_iters=2.5"], "optimizer.cg_iters", "2.5"),
+    (["optimizer.cg_iters=true"], "optimizer.cg_iters", "True"),
+    (["optimizer.vf_lr=0"], "optimizer.vf_lr", "0"),
+    (["optimizer.damping_coeff=-1"], "optimizer.damping_coeff", "-1"),
+    (["epochs=0"], "epochs", "0"),
+    (["steps_per_epoch=-5"], "steps_per_epoch", "-5"),
+    (["sampler.num_envs=0"], "sampler.num_envs", "0"),
+    (["steps_per_epoch=4001", "sampler.num_envs=2"], "steps_per_epoch", "4001"),
+    (["env.id=NoSuchEnv-v0"], "env.id", "NoSuchEnv-v0"),
+    (["env.max_ep_len=0"], "env.max_ep_len", "0"),
+    (["policy.activation=sigmoid"], "policy.activation", "sigmoid"),
+    (["policy.hidden_sizes=[64,0]"], "policy.hidden_sizes", "[64, 0]"),
+    (["logger.mode=sometimes"], "logger.mode", "sometimes"),
+    (["+optimizer.learning_rate=0.1"], "optimizer.learning_rate", "learning_rate"),
+]
+
+
+@pytest.mark.parametrize(
+    "overrides, key, value", BAD_VALUES, ids=[" ".join(overrides) for overrides, _, _ in BAD_VALUES]
+)
+def test_bad_value_is_refused_with_one_line_message(overrides, key, value):
+    """validate raises ConfigError with a single-line message that names the offending key and value."""
+    cfg = compose_config(overrides)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(key), message
+    assert value in message, message
+
+
+def test_steps_not_multiple_of_num_envs_names_both_keys():
+    """The divisibility error names both steps_per_epoch and sampler.num_envs with their values."""
+    with pytest.raises(ConfigError, match=r"steps_per_epoch=4001 .*sampler\.num_envs=2"):
+        validate(compose_config(["steps_per_epoch=4001", "sampler.num_envs=2"]))
+
+
+def test_unknown_optimizer_target_is_refused():
+    """An update rule with no schema is refused, naming optimizer._target_ and the value given."""
+    with pytest.raises(ConfigError, match=r"^optimizer\._target_='trpo\.updates\.PPO'"):
+        validate(compose_config(["optimizer._target_=trpo.updates.PPO"]))
