@@ -57,17 +57,35 @@ class PolicyConfig:
 
 
 @dataclass
-class TRPOConfig:
-    _target_: str = "trpo.updates.TRPO"
-    delta: float = field(default=0.01, metadata=positive())
-    damping_coeff: float = field(default=0.1, metadata=at_least(0.0))
-    cg_iters: int = field(default=10, metadata=at_least(1))
-    backtrack_iters: int = field(default=10, metadata=at_least(1))
-    backtrack_coeff: float = field(default=0.8, metadata=in_open_interval(0.0, 1.0))
+class ValueFitConfig:
+    """What every update rule shares: advantage estimation and the value-function fit."""
+
     lam: float = field(default=0.97, metadata=in_closed_interval(0.0, 1.0))
     gamma: float = field(default=0.99, metadata=in_closed_interval(0.0, 1.0))
     vf_lr: float = field(default=1e-3, metadata=positive())
     train_v_iters: int = field(default=80, metadata=at_least(0))
+
+
+@dataclass
+class NPGConfig(ValueFitConfig):
+    _target_: str = "trpo.updates.NPG"
+    delta: float = field(default=0.01, metadata=positive())
+    damping_coeff: float = field(default=0.1, metadata=at_least(0.0))
+    cg_iters: int = field(default=10, metadata=at_least(1))
+
+
+@dataclass
+class TRPOConfig(NPGConfig):
+    _target_: str = "trpo.updates.TRPO"
+    backtrack_iters: int = field(default=10, metadata=at_least(1))
+    backtrack_coeff: float = field(default=0.8, metadata=in_open_interval(0.0, 1.0))
+
+
+@dataclass
+class VPGConfig(ValueFitConfig):
+    _target_: str = "trpo.updates.VPG"
+    pi_lr: float = field(default=3e-4, metadata=positive())
+    train_pi_iters: int = field(default=1, metadata=at_least(1))
 
 
 @dataclass
@@ -107,7 +125,7 @@ class Config:
 
 
 # Each update rule's schema, found by its ``_target_``.
-OPTIMIZER_SCHEMAS: dict[str, type] = {TRPOConfig._target_: TRPOConfig}
+OPTIMIZER_SCHEMAS: dict[str, type] = {schema._target_: schema for schema in (TRPOConfig, NPGConfig, VPGConfig)}
 
 
 def _type_name(annotation: Any) -> str:

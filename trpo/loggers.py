@@ -25,6 +25,8 @@ EPOCH_KEYS = [
     "DeltaLossV",
     "KL",
     "BacktrackIters",
+    "KLExceeded",  # 1 if the accepted step's KL is above delta (only possible without the line search)
+    "SurrogateWorse",  # 1 if the accepted step lowered the surrogate advantage
     "Time",
     "SampleTime",  # seconds this epoch spent collecting experience and estimating advantages
     "UpdateTime",  # seconds this epoch spent in the policy step and the value fit

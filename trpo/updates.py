@@ -118,7 +118,63 @@ class TRPO(UpdateRule):
         self.backtrack_coeff = backtrack_coeff
 
     def policy_step(self, batch: Batch) -> dict[str, float]:
-        params = list(self.policy.parameters())
+        step = _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta)
+        result = backtracking_line_search(
+            step.evaluate,
+            step.params_old,
+            step.full_step,
+            step.surrogate_old,
+            self.delta,
+            self.backtrack_coeff,
+            self.backtrack_iters,
+        )
+        set_flat_params(step.params, result.params)
+        return step.stats(result.surrogate, result.kl, BacktrackIters=result.backtracks)
+
+
+class NPG(UpdateRule):
+    r"""Natural policy gradient (Kakade, 2002): TRPO's full step :math:`\sqrt{2\delta / x^\top H x}\,x`, always taken.
+
+    Without TRPO's line search nothing checks the quadratic model: the step may end with a KL above
+    :math:`\delta` or a lower surrogate. ``KLExceeded`` and ``SurrogateWorse`` count how often (0 or 1 per epoch),
+    which is what the line search buys.
+
+    Args:
+        delta: the KL the quadratic model allows per step; usually 0.01-0.05.
+        damping_coeff, cg_iters: as in :class:`TRPO`.
+        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+    """
+
+    def __init__(self, policy, value_function, delta: float, damping_coeff: float, cg_iters: int, **value_kwargs):
+        super().__init__(policy, value_function, **value_kwargs)
+        self.delta = delta
+        self.damping_coeff = damping_coeff
+        self.cg_iters = cg_iters
+
+    def policy_step(self, batch: Batch) -> dict[str, float]:
+        step = _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta)
+        surrogate, kl = step.evaluate(step.params_old + step.full_step)
+        return step.stats(surrogate, kl, BacktrackIters=0)
+
+
+class VPG(UpdateRule):
+    r"""Vanilla policy gradient: ``train_pi_iters`` Adam steps of size ``pi_lr`` up :math:`\nabla_\theta L`.
+
+    The step is limited in parameter space only (Adam moves each weight by about ``pi_lr``); nothing limits
+    how far the policy's behaviour moves, so a large ``pi_lr`` can collapse it. ``KL`` reports how far it moved.
+
+    Args:
+        pi_lr: Adam learning rate of the policy; Spinning Up's VPG uses 3e-4.
+        train_pi_iters: policy gradient steps per epoch; usually 1.
+        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+    """
+
+    def __init__(self, policy, value_function, pi_lr: float, train_pi_iters: int, **value_kwargs):
+        super().__init__(policy, value_function, **value_kwargs)
+        self.train_pi_iters = train_pi_iters
+        self.pi_optimizer = torch.optim.Adam(policy.parameters(), lr=pi_lr)
+
+    def policy_step(self, batch: Batch) -> dict[str, float]:
         with torch.no_grad():
             old_distribution = self.policy.distribution(batch.obs)
 
@@ -126,33 +182,60 @@ class TRPO(UpdateRule):
             logp = self.policy.distribution(batch.obs).log_prob(batch.actions)
             return surrogate_advantage(logp, batch.logp_old, batch.advantages)
 
-        def kl() -> torch.Tensor:
-            return mean_kl(old_distribution, self.policy.distribution(batch.obs))
-
-        surrogate_old = surrogate()
-        g = flat_grad(surrogate_old, params)
-        hessian_vector_product = fisher_vector_product(kl, params, self.damping_coeff)
-        x = conjugate_gradient(hessian_vector_product, g, self.cg_iters)
-        full_step = max_step(x, hessian_vector_product(x), self.delta)
-
-        def evaluate(candidate: torch.Tensor) -> tuple[float, float]:
-            set_flat_params(params, candidate)
-            with torch.no_grad():
-                return surrogate().item(), kl().item()
-
-        result = backtracking_line_search(
-            evaluate,
-            flat_params(params),
-            full_step,
-            surrogate_old.item(),
-            self.delta,
-            self.backtrack_coeff,
-            self.backtrack_iters,
-        )
-        set_flat_params(params, result.params)
+        surrogate_old = surrogate().item()
+        for _ in range(self.train_pi_iters):
+            self.pi_optimizer.zero_grad()
+            (-surrogate()).backward()
+            self.pi_optimizer.step()
+        with torch.no_grad():
+            surrogate_new = surrogate().item()
+            kl = mean_kl(old_distribution, self.policy.distribution(batch.obs)).item()
         return {
-            "LossPi": -surrogate_old.item(),
-            "DeltaLossPi": -(result.surrogate - surrogate_old.item()),
-            "KL": result.kl,
-            "BacktrackIters": result.backtracks,
+            "LossPi": -surrogate_old,
+            "DeltaLossPi": -(surrogate_new - surrogate_old),
+            "KL": kl,
+            "BacktrackIters": 0,
+            "SurrogateWorse": float(surrogate_new < surrogate_old),
+        }
+
+
+class _NaturalGradientStep:
+    """The pieces TRPO and NPG share: g, x = H^-1 g by conjugate gradient, and the full step s."""
+
+    def __init__(self, policy: Policy, batch: Batch, damping_coeff: float, cg_iters: int, delta: float):
+        self.policy = policy
+        self.batch = batch
+        self.delta = delta
+        self.params = list(policy.parameters())
+        with torch.no_grad():
+            self.old_distribution = policy.distribution(batch.obs)
+        surrogate = self.surrogate()
+        self.surrogate_old = surrogate.item()
+        g = flat_grad(surrogate, self.params)
+        hessian_vector_product = fisher_vector_product(self.kl, self.params, damping_coeff)
+        x = conjugate_gradient(hessian_vector_product, g, cg_iters)
+        self.full_step = max_step(x, hessian_vector_product(x), delta)
+        self.params_old = flat_params(self.params)
+
+    def surrogate(self) -> torch.Tensor:
+        logp = self.policy.distribution(self.batch.obs).log_prob(self.batch.actions)
+        return surrogate_advantage(logp, self.batch.logp_old, self.batch.advantages)
+
+    def kl(self) -> torch.Tensor:
+        return mean_kl(self.old_distribution, self.policy.distribution(self.batch.obs))
+
+    def evaluate(self, candidate: torch.Tensor) -> tuple[float, float]:
+        """Set the policy's parameters to ``candidate``; return the surrogate and the mean KL there."""
+        set_flat_params(self.params, candidate)
+        with torch.no_grad():
+            return self.surrogate().item(), self.kl().item()
+
+    def stats(self, surrogate: float, kl: float, **extra: float) -> dict[str, float]:
+        return {
+            "LossPi": -self.surrogate_old,
+            "DeltaLossPi": -(surrogate - self.surrogate_old),
+            "KL": kl,
+            "KLExceeded": float(kl > self.delta),
+            "SurrogateWorse": float(surrogate < self.surrogate_old),
+            **extra,
         }

@@ -1,0 +1,252 @@
+"""``make bench``: how fast this TRPO trains, against the simulator's own speed and sb3-contrib's TRPO.
+
+Prints a Markdown table and writes the numbers as JSON under ``outputs/bench/``. It measures:
+
+- the raw single-process ``env.step`` rate of the task (random actions): the limit a sampler can reach on one core;
+- this project end to end (``launch.py`` in a subprocess, W&B off): env steps/s, the seconds each epoch spends
+  sampling and updating, and the peak resident memory summed over the run's processes;
+- sb3-contrib's TRPO at identical settings, when it is installed (``make install-bench``);
+- scaling: sampling steps/s against ``sampler.num_envs`` (in this process, and over 2 worker processes), and the
+  update's time against network width and batch size.
+
+Timings are noisy on a shared machine: this is a tool to read, never a test that asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
+    """Steps per second of one env stepped with random actions in this process (resets included)."""
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(1000)]
+    start = time.perf_counter()
+    for i in range(steps):
+        _, _, terminated, truncated, _ = env.step(actions[i % 1000])
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def _tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                stack.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> dict:
+    """Train ``epochs`` epochs with ``launch.py`` and read the speed back from its progress.csv."""
+    args = [sys.executable, str(ROOT / "launch.py"), f"env={env}", f"epochs={epochs}", "logger.mode=disabled"]
+    args += ["eval.episodes=1", f"hydra.run.dir={run_dir}", *overrides]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def watch() -> None:
+        while process.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_bytes(process.pid))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, stderr = process.communicate()
+    watcher.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"launch.py failed: {stderr.strip()}")
+    with open(run_dir / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    # The first epoch pays for warm-up (worker start, allocator); report the steady state after it.
+    steady = rows[1:] if len(rows) > 1 else rows
+    steps = int(rows[0]["TotalEnvInteracts"]) * len(steady)
+    sample = sum(float(r["SampleTime"]) for r in steady)
+    update = sum(float(r["UpdateTime"]) for r in steady)
+    return {
+        "steps_per_s": steps / (sample + update),
+        "sample_s_per_epoch": sample / len(steady),
+        "update_s_per_epoch": update / len(steady),
+        "update_fraction": update / (sample + update),
+        "sampling_steps_per_s": steps / sample,
+        "peak_rss_mib": peak[0] / 2**20,
+    }
+
+
+def sb3_contrib_rate(env_id: str, steps: int) -> float | None:
+    """sb3-contrib's TRPO at Spinning Up's settings; None when sb3-contrib is not installed."""
+    try:
+        from sb3_contrib import TRPO
+    except ImportError:
+        return None
+    model = TRPO(
+        "MlpPolicy",
+        env_id,
+        n_steps=4000,
+        batch_size=4000,  # one full-batch critic step per critic update, as Spinning Up does
+        learning_rate=1e-3,
+        n_critic_updates=80,
+        gamma=0.99,
+        gae_lambda=0.97,
+        target_kl=0.01,
+        cg_max_steps=10,
+        cg_damping=0.1,
+        line_search_shrinking_factor=0.8,
+        line_search_max_iter=10,
+        policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}},
+        seed=0,
+        device="cpu",
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return steps / (time.perf_counter() - start)
+
+
+def sampling_rate(env_id: str, num_envs: int, workers: int, steps: int = 8000) -> float:
+    """Env steps/s of the sampler alone (policy calls included, no update)."""
+    from trpo.buffer import RolloutBuffer
+    from trpo.envs import make_env_batch
+    from trpo.networks import make_policy
+    from trpo.sampler import Sampler
+
+    envs = make_env_batch(env_id, 1000, num_envs, workers)
+    policy = make_policy(envs.observation_space, envs.action_space, [64, 64], "tanh", -0.5)
+    sampler = Sampler(envs, policy, seed=0)
+    shape = envs.observation_space.shape, envs.action_space.shape, envs.action_space.dtype
+    buffer = RolloutBuffer(steps // num_envs, num_envs, *shape)
+    sampler.collect(RolloutBuffer(max(1, 1000 // num_envs), num_envs, *shape))  # warm-up
+    start = time.perf_counter()
+    sampler.collect(buffer)
+    rate = steps / (time.perf_counter() - start)
+    envs.close()
+    return rate
+
+
+def update_time(width: int, batch_size: int, obs_dim: int = 17, act_dim: int = 6) -> dict:
+    """Seconds of one TRPO update at Spinning Up's settings on random data of the given size."""
+    from trpo.buffer import Batch
+    from trpo.networks import ValueFunction, make_policy
+    from trpo.updates import TRPO
+
+    torch.manual_seed(0)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,))
+    act_space = gym.spaces.Box(-1.0, 1.0, (act_dim,))
+    policy = make_policy(obs_space, act_space, [width, width], "tanh", -0.5)
+    value_function = ValueFunction(obs_dim, [width, width], "tanh")
+    rule = TRPO(policy, value_function, 0.01, 0.1, 10, 10, 0.8, gamma=0.99, lam=0.97, vf_lr=1e-3, train_v_iters=80)
+    obs = torch.randn(batch_size, obs_dim)
+    with torch.no_grad():
+        actions = policy.sample(obs)
+        logp = policy.distribution(obs).log_prob(actions)
+    batch = Batch(obs, actions, logp, torch.randn(batch_size), torch.randn(batch_size))
+    start = time.perf_counter()
+    rule.policy_step(batch)
+    middle = time.perf_counter()
+    rule.fit_value_function(batch)
+    end = time.perf_counter()
+    return {"width": width, "batch": batch_size, "policy_step_s": middle - start, "value_fit_s": end - middle}
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="halfcheetah", help="config name under conf/env/")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of the end-to-end run")
+    parser.add_argument("--sb3-steps", type=int, default=12_000, help="env steps of the sb3-contrib run")
+    parser.add_argument("--skip-scaling", action="store_true", help="only the end-to-end comparison")
+    parser.add_argument("overrides", nargs="*", help="extra launch.py overrides for the end-to-end run")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from omegaconf import OmegaConf
+
+    env_id = OmegaConf.load(ROOT / "conf" / "env" / f"{args.env}.yaml").id
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out_dir = ROOT / "outputs" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"date": stamp, "machine": _machine(), "env": env_id, "overrides": args.overrides}
+
+    results["raw_env_steps_per_s"] = raw_env_rate(env_id)
+    results["project"] = project_rate(args.env, args.epochs, args.overrides, out_dir / f"run-{stamp}")
+    results["sb3_contrib_steps_per_s"] = sb3_contrib_rate(env_id, args.sb3_steps)
+    if not args.skip_scaling:
+        results["sampling_scaling"] = [
+            {"num_envs": n, "workers": w, "steps_per_s": sampling_rate(env_id, n, w)}
+            for w in (0, 2)
+            for n in (1, 2, 4, 8, 16)
+            if n >= w
+        ]
+        results["update_scaling"] = [update_time(w, 4000) for w in (64, 256, 1024)] + [
+            update_time(64, b) for b in (1000, 16000)
+        ]
+
+    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
+    print(format_table(results))
+    print(f"\nwritten: {out_dir / f'bench-{stamp}.json'}")
+
+
+def format_table(r: dict) -> str:
+    """The bench results as Markdown."""
+    p = r["project"]
+    raw, sb3 = r["raw_env_steps_per_s"], r["sb3_contrib_steps_per_s"]
+    lines = [
+        f"Bench of {r['env']} on {r['machine']}, {r['date']}" + (f", overrides {r['overrides']}" if r["overrides"] else ""),
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| raw env.step, 1 process | {raw:,.0f} steps/s |",
+        f"| this project, end to end | {p['steps_per_s']:,.0f} steps/s ({p['steps_per_s'] / raw:.2f}x raw) |",
+        f"| - sampling | {p['sample_s_per_epoch']:.3f} s/epoch ({p['sampling_steps_per_s']:,.0f} steps/s) |",
+        f"| - update | {p['update_s_per_epoch']:.3f} s/epoch ({100 * p['update_fraction']:.0f}% of the epoch) |",
+        f"| peak memory (all processes) | {p['peak_rss_mib']:.0f} MiB |",
+    ]
+    if sb3 is not None:
+        lines.append(f"| sb3-contrib TRPO, same settings | {sb3:,.0f} steps/s (this project: {p['steps_per_s'] / sb3:.1f}x) |")
+    else:
+        lines.append("| sb3-contrib TRPO | not installed (`make install-bench`) |")
+    if "sampling_scaling" in r:
+        lines += ["", "| sampler.num_envs | sampler.workers | sampling steps/s |", "|---|---|---|"]
+        lines += [f"| {s['num_envs']} | {s['workers']} | {s['steps_per_s']:,.0f} |" for s in r["sampling_scaling"]]
+        lines += ["", "| hidden width | batch | policy step s | value fit s |", "|---|---|---|---|"]
+        lines += [
+            f"| {u['width']} | {u['batch']} | {u['policy_step_s']:.3f} | {u['value_fit_s']:.3f} |"
+            for u in r["update_scaling"]
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
