@@ -3,11 +3,16 @@
 import hydra
 from omegaconf import DictConfig
 
-from trpo.runner import run_from_hydra
+from trpo.config import register_resolvers
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    # Imported here, not at the top: env worker processes re-import this file, and must not load torch.
+    from trpo.runner import run_from_hydra
+
     return run_from_hydra(cfg)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
@@ -106,6 +107,7 @@ class SamplerConfig:
 @dataclass
 class EvalConfig:
     episodes: int = field(default=10, metadata=at_least(1))
+    video: bool = False
 
 
 @dataclass
@@ -122,6 +124,9 @@ class Config:
     save_freq: int = field(default=10, metadata=at_least(1))
     device: str = field(default="cpu", metadata=one_of("cpu"))
     torch_threads: int = field(default=1, metadata=at_least(1))
+    task: str = field(default="train", metadata=one_of("train", "eval"))
+    resume: Optional[str] = None
+    checkpoint: Optional[str] = None
 
 
 # Each update rule's schema, found by its ``_target_``.
@@ -191,7 +196,18 @@ def validate(cfg: DictConfig) -> None:
             f"steps_per_epoch={plain['steps_per_epoch']} is not allowed: must be a multiple of "
             f"sampler.num_envs={plain['sampler']['num_envs']}"
         )
+    if plain["task"] == "eval" and plain["checkpoint"] is None:
+        raise ConfigError("checkpoint=None is not allowed with task=eval: give the run dir to evaluate")
     _check_env_id(plain["env"]["id"])
+
+
+def register_resolvers() -> None:
+    """``${job_dir:RESUME,DEFAULT}``: where Hydra puts a job's own files. A resumed run writes on in its old
+    directory; the resume command's own Hydra files go to ``RUN_DIR/resumes/`` so the run's saved config stays."""
+    if not OmegaConf.has_resolver("job_dir"):
+        OmegaConf.register_new_resolver(
+            "job_dir", lambda resume, default: f"{resume}/resumes/{Path(default).name}" if resume else default
+        )
 
 
 def _check_env_id(env_id: str) -> None:

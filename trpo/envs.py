@@ -50,12 +50,48 @@ class EnvBatch:
         self._clip = clip_actions and isinstance(self.action_space, gym.spaces.Box)
         self._episode_returns = np.zeros(num_envs)
         self._episode_lengths = np.zeros(num_envs, dtype=np.int64)
+        # How each env's current episode began and the actions taken since: enough to rebuild its exact state
+        # (see get_state) from plain numbers, for any env, without pickling simulator objects.
+        self._episode_starts: list[dict] = [{} for _ in range(num_envs)]
+        self._episode_actions: list[list] = [[] for _ in range(num_envs)]
 
     def reset(self, seed: int) -> np.ndarray:
         """Start a fresh episode in every env; env ``i`` is seeded with ``seed + i``."""
         self._episode_returns[:] = 0
         self._episode_lengths[:] = 0
+        for i in range(self.num_envs):
+            self._episode_starts[i] = {"seed": seed + i}
+            self._episode_actions[i] = []
         return np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)]).astype(np.float32)
+
+    def get_state(self) -> list[dict]:
+        """Each env's state as plain data: its episode's reset seed or RNG state, and the actions since."""
+        return [
+            {**start, "actions": np.asarray(actions).tolist()}
+            for start, actions in zip(self._episode_starts, self._episode_actions)
+        ]
+
+    def set_state(self, states: list[dict]) -> np.ndarray:
+        """Rebuild the exact state of :meth:`get_state` by resetting as then and replaying the actions;
+        returns the current observations."""
+        obs = []
+        for i, (env, state) in enumerate(zip(self.envs, states)):
+            if "seed" in state:
+                o, _ = env.reset(seed=state["seed"])
+            else:
+                env.unwrapped.np_random.bit_generator.state = state["rng_state"]
+                o, _ = env.reset()
+            self._episode_starts[i] = {k: v for k, v in state.items() if k != "actions"}
+            self._episode_actions[i] = []
+            self._episode_returns[i] = 0
+            self._episode_lengths[i] = 0
+            for action in np.asarray(state["actions"], dtype=self.action_space.dtype):
+                o, r, *_ = env.step(action)
+                self._episode_actions[i].append(action)
+                self._episode_returns[i] += r
+                self._episode_lengths[i] += 1
+            obs.append(o)
+        return np.stack(obs).astype(np.float32)
 
     def step(self, actions: np.ndarray) -> StepResult:
         if self._clip:
@@ -70,12 +106,15 @@ class EnvBatch:
             rewards[i], terminated[i], truncated[i] = r, term, trunc and not term
             self._episode_returns[i] += r
             self._episode_lengths[i] += 1
+            self._episode_actions[i].append(actions[i])
             final_obs.append(o)
             if term or trunc:
                 finished_returns.append(float(self._episode_returns[i]))
                 finished_lengths.append(int(self._episode_lengths[i]))
                 self._episode_returns[i] = 0
                 self._episode_lengths[i] = 0
+                self._episode_starts[i] = {"rng_state": env.unwrapped.np_random.bit_generator.state}
+                self._episode_actions[i] = []
                 o, _ = env.reset()
             obs.append(o)
         return StepResult(
@@ -102,6 +141,10 @@ def _env_worker(conn: Connection, env_id: str, max_ep_len: int, num_envs: int, c
             conn.send(envs.step(argument))
         elif command == "reset":
             conn.send(envs.reset(argument))
+        elif command == "get_state":
+            conn.send(envs.get_state())
+        elif command == "set_state":
+            conn.send(envs.set_state(argument))
         else:
             envs.close()
             conn.close()
@@ -141,6 +184,16 @@ class SubprocEnvBatch:
     def reset(self, seed: int) -> np.ndarray:
         for conn, part in zip(self.connections, self.slices):
             conn.send(("reset", seed + part.start))
+        return np.concatenate([conn.recv() for conn in self.connections])
+
+    def get_state(self) -> list[dict]:
+        for conn in self.connections:
+            conn.send(("get_state", None))
+        return [state for conn in self.connections for state in conn.recv()]
+
+    def set_state(self, states: list[dict]) -> np.ndarray:
+        for conn, part in zip(self.connections, self.slices):
+            conn.send(("set_state", states[part]))
         return np.concatenate([conn.recv() for conn in self.connections])
 
     def step(self, actions: np.ndarray) -> StepResult:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +28,7 @@ EPOCH_KEYS = [
     "BacktrackIters",
     "KLExceeded",  # 1 if the accepted step's KL is above delta (only possible without the line search)
     "SurrogateWorse",  # 1 if the accepted step lowered the surrogate advantage
+    "SkippedUpdates",  # epochs so far whose update was skipped for non-finite numbers
     "Time",
     "SampleTime",  # seconds this epoch spent collecting experience and estimating advantages
     "UpdateTime",  # seconds this epoch spent in the policy step and the value fit
@@ -55,7 +57,12 @@ class CSVLogger:
 
 
 class WandbLogger:
-    """One W&B run per job, its files under ``run_dir/wandb``; offline by default, so no login is needed."""
+    """One W&B run per job, its files under ``run_dir/wandb``; offline by default, so no login is needed.
+
+    W&B never stops training: ``online`` without network or key gives up after ``init_timeout`` seconds and
+    falls back to ``offline`` with a warning, and an error while logging disables W&B for the rest of the run
+    with a warning (``progress.csv`` stays complete). ``run_id`` continues an earlier run (resume).
+    """
 
     def __init__(
         self,
@@ -67,29 +74,51 @@ class WandbLogger:
         group: Optional[str],
         tags: list[str],
         name: Optional[str],
+        run_id: Optional[str] = None,
+        init_timeout: float = 30.0,
     ):
         import wandb
 
-        self._wandb = wandb
-        self.run = wandb.init(
+        init_args = dict(
             dir=str(run_dir),
             config=config,
-            mode=mode,
             project=project,
             entity=entity,
             group=group,
             tags=list(tags),
             name=name,
             job_type="train",
-            settings=wandb.Settings(console="off", quiet=True, x_disable_stats=True),
+            id=run_id,
+            resume="allow" if run_id else None,
         )
+        settings = dict(console="off", quiet=True, x_disable_stats=True, init_timeout=init_timeout)
+        try:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **init_args)
+        except Exception as error:
+            if mode != "online":
+                raise
+            warnings.warn(f"W&B online failed ({type(error).__name__}: {error}); logging offline instead")
+            self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **init_args)
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.run.id if self.run is not None else None
 
     def log(self, row: dict[str, Any]) -> None:
         clean = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-        self.run.log(clean, step=int(row["Epoch"]))
+        self._safely(lambda: self.run.log(clean, step=int(row["Epoch"])))
 
     def summary(self, values: dict[str, Any]) -> None:
-        self.run.summary.update(values)
+        self._safely(lambda: self.run.summary.update(values))
 
     def close(self, exit_code: int = 0) -> None:
-        self.run.finish(exit_code=exit_code)
+        self._safely(lambda: self.run.finish(exit_code=exit_code))
+
+    def _safely(self, action) -> None:
+        if self.run is None:
+            return
+        try:
+            action()
+        except Exception as error:
+            warnings.warn(f"W&B failed ({type(error).__name__}: {error}); continuing without it")
+            self.run = None

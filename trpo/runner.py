@@ -5,6 +5,10 @@ Data flow, one way: config -> Runner -> sampler -> buffer -> update rule -> logg
 
 from __future__ import annotations
 
+import copy
+import csv
+import math
+import os
 import random
 import sys
 import time
@@ -19,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from trpo.buffer import RolloutBuffer
+from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from trpo.config import ConfigError, validate
 from trpo.envs import make_env_batch
 from trpo.evaluation import evaluate
@@ -45,8 +50,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite numbers too many epochs in a row."""
+
+
+# Consecutive epochs whose data or losses may be non-finite before the run stops.
+MAX_NON_FINITE_EPOCHS = 3
+
+
 class Runner:
-    """Trains one TRPO run as its config says, and returns the final deterministic evaluation return."""
+    """Trains one run as its config says, and returns the final deterministic evaluation return.
+
+    If the run's directory already holds a checkpoint (a resumed or requeued run), training continues from it:
+    same networks, optimiser states, RNG state and env states, so the remaining epochs give the same
+    ``progress.csv`` rows as a run that was never stopped (wall-clock columns aside).
+    """
 
     def __init__(self, cfg: DictConfig, identity: RunIdentity):
         self.cfg = cfg
@@ -58,6 +76,12 @@ class Runner:
         cfg = self.cfg
         torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
+        checkpoint = load_checkpoint(self.run_dir) if (self.run_dir / CHECKPOINT_NAME).exists() else None
+        if checkpoint is not None:
+            check_compatible(checkpoint, cfg.env.id, cfg.policy.hidden_sizes, cfg.policy.activation)
+            if checkpoint["epoch"] >= cfg.epochs:
+                print(f"{self.run_dir} already finished; EvalEpRet {checkpoint['eval_ep_ret']:.2f}")
+                return checkpoint["eval_ep_ret"]
         envs = make_env_batch(cfg.env.id, cfg.env.max_ep_len, cfg.sampler.num_envs, cfg.sampler.workers)
         policy = make_policy(envs.observation_space, envs.action_space, **cfg.policy)
         value_function = ValueFunction(
@@ -72,6 +96,16 @@ class Runner:
             envs.action_space.shape,
             envs.action_space.dtype,
         )
+        start_epoch, elapsed, wandb_run_id = 0, 0.0, None
+        if checkpoint is not None:
+            policy.load_state_dict(checkpoint["policy"])
+            value_function.load_state_dict(checkpoint["value_function"])
+            update_rule.load_state_dict(checkpoint["update_rule"])
+            sampler.obs = envs.set_state(checkpoint["envs"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+            start_epoch, elapsed, wandb_run_id = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["wandb_run_id"]
+            keep_progress_rows(self.run_dir / "progress.csv", start_epoch)
+            print(f"resuming {self.run_dir} at epoch {start_epoch}")
         csv_logger = CSVLogger(self.run_dir / "progress.csv", EPOCH_KEYS + ["EvalEpRet"])
         wandb_logger = WandbLogger(
             self.run_dir,
@@ -82,18 +116,31 @@ class Runner:
             group=self.identity.group,
             tags=cfg.logger.tags,
             name=self.identity.name,
+            run_id=wandb_run_id,
         )
         progress = Progress(cfg.epochs * buffer.steps * envs.num_envs)
         exit_code = 1
         try:
-            start = time.perf_counter()
-            for epoch in range(cfg.epochs):
+            start = time.perf_counter() - elapsed
+            non_finite_streak, skipped_updates = 0, 0
+            for epoch in range(start_epoch, cfg.epochs):
                 epoch_start = time.perf_counter()
                 episodes = sampler.collect(buffer)
                 batch, values = buffer.compute_batch(value_function, update_rule.gamma, update_rule.lam)
                 update_start = time.perf_counter()
-                stats = update_rule.update(batch)
+                stats = guarded_update(update_rule, batch)
                 update_end = time.perf_counter()
+                if stats is None:
+                    skipped_updates += 1
+                    non_finite_streak += 1
+                    if non_finite_streak >= MAX_NON_FINITE_EPOCHS:
+                        raise NonFiniteError(
+                            f"non-finite observations, rewards or losses in {non_finite_streak} epochs in a row "
+                            f"(epochs {epoch - non_finite_streak + 1}-{epoch}); the last checkpoint is intact"
+                        )
+                    stats = {}
+                else:
+                    non_finite_streak = 0
                 returns = np.array(episodes.returns) if episodes.returns else np.array([np.nan])
                 row = {
                     "Epoch": epoch,
@@ -105,30 +152,40 @@ class Runner:
                     "VVals": float(values.mean()),
                     "TotalEnvInteracts": (epoch + 1) * buffer.steps * envs.num_envs,
                     **stats,
+                    "SkippedUpdates": skipped_updates,
                     "Time": update_end - start,
                     "SampleTime": update_start - epoch_start,
                     "UpdateTime": update_end - update_start,
                 }
                 last_epoch = epoch == cfg.epochs - 1
                 if last_epoch:
-                    row["EvalEpRet"] = float(
-                        np.mean(
-                            evaluate(
-                                policy,
-                                cfg.env.id,
-                                cfg.env.max_ep_len,
-                                cfg.eval.episodes,
-                                cfg.seed + EVAL_SEED_OFFSET,
-                            )
-                        )
+                    eval_returns = evaluate(
+                        policy, cfg.env.id, cfg.env.max_ep_len, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET
                     )
+                    row["EvalEpRet"] = float(np.mean(eval_returns))
                 csv_logger.log(row)
                 wandb_logger.log(row)
                 progress.update(row)
                 if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
-                    torch.save(
-                        {"policy": policy.state_dict(), "value_function": value_function.state_dict()},
-                        self.run_dir / "model.pt",
+                    save_checkpoint(
+                        self.run_dir,
+                        {
+                            "epoch": epoch + 1,
+                            "elapsed": time.perf_counter() - start,
+                            "eval_ep_ret": row.get("EvalEpRet"),
+                            "model": {
+                                "env_id": cfg.env.id,
+                                "hidden_sizes": list(cfg.policy.hidden_sizes),
+                                "activation": cfg.policy.activation,
+                            },
+                            "policy": policy.state_dict(),
+                            "value_function": value_function.state_dict(),
+                            "update_rule": update_rule.state_dict(),
+                            "envs": envs.get_state(),
+                            "torch_rng": torch.get_rng_state(),
+                            "wandb_run_id": wandb_logger.run_id,
+                            "identity": {"name": self.identity.name, "group": self.identity.group},
+                        },
                     )
             wandb_logger.summary({"EvalEpRet": row["EvalEpRet"]})
             exit_code = 0
@@ -138,6 +195,37 @@ class Runner:
             csv_logger.close()
             wandb_logger.close(exit_code)
             envs.close()
+
+
+def guarded_update(update_rule, batch) -> dict[str, float] | None:
+    """Run the update unless the batch holds non-finite numbers; if the update itself produces any, restore
+    the networks and optimisers as they were. Returns the update's stats, or None when it was skipped."""
+    fields = (batch.obs, batch.advantages, batch.returns, batch.logp_old)
+    if not all(torch.isfinite(t).all() for t in fields):
+        return None
+    networks = (update_rule.policy, update_rule.value_function)
+    saved = [copy.deepcopy(n.state_dict()) for n in networks], copy.deepcopy(update_rule.state_dict())
+    stats = update_rule.update(batch)
+    finite_params = all(torch.isfinite(p).all() for n in networks for p in n.parameters())
+    if finite_params and all(math.isfinite(v) for v in stats.values()):
+        return stats
+    for network, state in zip(networks, saved[0]):
+        network.load_state_dict(state)
+    update_rule.load_state_dict(saved[1])
+    return None
+
+
+def keep_progress_rows(path: Path, epochs: int) -> None:
+    """Drop the rows of epochs at or after ``epochs``: they were logged after the checkpoint and are redone."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < epochs]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
 
 
 class Progress:
@@ -171,31 +259,51 @@ def _epoch_line(row: dict) -> str:
 
 
 def run_from_hydra(cfg: DictConfig) -> float:
-    """Validate the composed config, name the run from Hydra's runtime, and train it.
+    """Validate the composed config, name the run from Hydra's runtime, and train (or resume, or evaluate) it.
 
-    A refused config is reported as one line on stderr and in ``error.txt`` in the job's dir, before any env
-    or W&B run exists. A single run then exits with status 2; a sweep's job raises, so Hydra marks that job
-    failed and the other jobs go on. A run that crashes leaves its error in ``error.txt`` too.
+    A refused config or checkpoint is reported as one line on stderr and in ``error.txt`` in the job's dir,
+    before any env or W&B run exists. A single run then exits with status 2; a sweep's job raises, so Hydra
+    marks that job failed and the other jobs go on. A run that crashes leaves its error in ``error.txt`` too.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    job_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    # One W&B group per sweep, so the dashboard can put a sweep's runs side by side.
+    group = cfg.logger.group or (f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None)
+    identity = RunIdentity(job_dir, name=hydra_cfg.job.override_dirname or "default", group=group)
     try:
         validate(cfg)
-    except ConfigError as error:
-        (run_dir / "error.txt").write_text(f"{error}\n")
+        if cfg.task == "eval":
+            from trpo.evaluation import evaluate_checkpoint
+
+            return evaluate_checkpoint(cfg, job_dir)
+        if cfg.resume is not None:
+            cfg, identity = resumed_run(Path(cfg.resume))
+        return Runner(cfg, identity).run()
+    except (ConfigError, CheckpointError) as error:
+        (job_dir / "error.txt").write_text(f"{error}\n")
         print(f"error: {error}", file=sys.stderr)
         if multirun:
             raise
         sys.exit(2)
-    # One W&B group per sweep, so the dashboard can put a sweep's runs side by side.
-    group = cfg.logger.group or (f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None)
-    name = hydra_cfg.job.override_dirname or "default"
-    try:
-        return Runner(cfg, RunIdentity(run_dir, name=name, group=group)).run()
     except Exception as error:
-        (run_dir / "error.txt").write_text(f"run failed: {type(error).__name__}: {error}\n")
+        (job_dir / "error.txt").write_text(f"run failed: {type(error).__name__}: {error}\n")
         raise
+
+
+def resumed_run(run_dir: Path) -> tuple[DictConfig, RunIdentity]:
+    """The saved config and identity of the run in ``run_dir``, to continue it where it stopped."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={str(run_dir)!r} is not allowed: it holds no run (no .hydra/config.yaml)")
+    cfg = OmegaConf.load(saved)
+    cfg.resume = None
+    validate(cfg)
+    name, group = None, None
+    if (run_dir / CHECKPOINT_NAME).exists():
+        identity = load_checkpoint(run_dir).get("identity", {})
+        name, group = identity.get("name"), identity.get("group")
+    return cfg, RunIdentity(run_dir, name=name, group=group)

@@ -52,6 +52,13 @@ class UpdateRule:
         self.train_v_iters = train_v_iters
         self.vf_optimizer = torch.optim.Adam(value_function.parameters(), lr=vf_lr)
 
+    def state_dict(self) -> dict:
+        """The optimiser states, for checkpoints (the networks are saved by their owner)."""
+        return {"vf_optimizer": self.vf_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vf_optimizer.load_state_dict(state["vf_optimizer"])
+
     def update(self, batch: Batch) -> dict[str, float]:
         """One policy step and one value fit on the epoch's batch; returns the numbers to log."""
         stats = self.policy_step(batch)
@@ -173,6 +180,13 @@ class VPG(UpdateRule):
         super().__init__(policy, value_function, **value_kwargs)
         self.train_pi_iters = train_pi_iters
         self.pi_optimizer = torch.optim.Adam(policy.parameters(), lr=pi_lr)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "pi_optimizer": self.pi_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.pi_optimizer.load_state_dict(state["pi_optimizer"])
 
     def policy_step(self, batch: Batch) -> dict[str, float]:
         with torch.no_grad():
