@@ -9,8 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from trpo.config import register_resolvers
+
+# One torch thread, as a run uses by default: extra threads only fight the subprocesses the tests start.
+torch.set_num_threads(1)
+register_resolvers()
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

@@ -92,8 +92,7 @@ GAMMA_LAM = [(0.99, 0.95), (0.9, 0.5), (0.99, 0.0), (0.99, 1.0), (1.0, 0.97), (1
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("gamma, lam", GAMMA_LAM)
 def test_gae_matches_naive_per_episode_oracle(gamma, lam, seed):
-    """gae_advantages equals the per-env, per-episode sum of (gamma lam)^l TD residuals (terminated, truncated
-    and buffer-cut episodes)."""
+    """gae_advantages equals the naive per-episode sum of (gamma lam)^l TD residuals, for every kind of episode end."""
     data = episode_data(seed)
     next_values, episode_ends = next_values_and_ends(data)
     expected, _ = naive_gae_and_returns(**data, gamma=gamma, lam=lam)
@@ -104,8 +103,7 @@ def test_gae_matches_naive_per_episode_oracle(gamma, lam, seed):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("gamma", [0.0, 0.9, 0.99, 1.0])
 def test_rewards_to_go_matches_naive_per_episode_oracle(gamma, seed):
-    """rewards_to_go equals the per-episode discounted reward sum closed with gamma^k times the end value
-    (0 terminated, V(final obs) truncated, V(s_T) cut by the buffer)."""
+    """rewards_to_go equals the naive per-episode discounted reward sum plus gamma^k times the episode's end value."""
     data = episode_data(seed)
     next_values, episode_ends = next_values_and_ends(data)
     _, expected = naive_gae_and_returns(**data, gamma=gamma, lam=0.95)
@@ -186,8 +184,9 @@ BUFFER_CASES = {
 @pytest.mark.parametrize("case", list(BUFFER_CASES))
 @pytest.mark.parametrize("gamma, lam", [(0.99, 0.97), (0.9, 0.0), (1.0, 1.0)])
 def test_compute_batch_matches_oracle(case, gamma, lam):
-    """compute_batch's advantages and returns equal the oracle with next values 0 after termination,
-    V(next_obs[t]) after truncation, V(obs[t+1]) otherwise and V(next_obs[T-1]) at the last row."""
+    """compute_batch's advantages and returns equal the naive oracle on a hand-filled buffer with a linear V."""
+    # The oracle's next values: 0 after termination, V(next_obs[t]) after truncation, V(obs[t+1]) otherwise, and
+    # V(next_obs[T-1]) at the last row.
     steps, num_envs = 6, 2
     buffer = filled_buffer(steps, num_envs, **BUFFER_CASES[case])
     obs64, next_obs64 = buffer.obs.astype(np.float64), buffer.next_obs.astype(np.float64)
@@ -216,8 +215,7 @@ def test_compute_batch_matches_oracle(case, gamma, lam):
 
 
 def test_compute_batch_truncation_uses_final_observation():
-    """A single hand-computed case: gamma = lam = 1, a truncated step's return is r + V(final obs), not
-    r + V(reset obs), and a terminated step's return is its reward alone."""
+    """Hand-computed returns and advantages: truncation bootstraps from V(final obs), termination from 0."""
     buffer = RolloutBuffer(3, 1, (1,), (), np.int64)
     buffer.obs[:, 0, 0] = [1.0, 2.0, 3.0]  # V(s) = s
     buffer.rewards[:, 0] = [10.0, 20.0, 30.0]

@@ -13,13 +13,16 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from trpo.config import ConfigError, validate
 from trpo.networks import CategoricalPolicy, GaussianPolicy, make_policy
+from trpo.updates import UpdateRule
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ENV_FILES = sorted(path.stem for path in (CONF_DIR / "env").glob("*.yaml"))
+OPTIMIZER_FILES = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.yaml"))
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -29,9 +32,9 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def test_env_files_are_found():
-    """The parametrization below really covers conf/env/ (an empty list would silently test nothing)."""
-    assert len(ENV_FILES) >= 1
-    assert "halfcheetah" in ENV_FILES
+    """The parametrizations below really cover conf/env/ and conf/optimizer/ (an empty list would test nothing)."""
+    assert "halfcheetah" in ENV_FILES and "cartpole" in ENV_FILES
+    assert "trpo" in OPTIMIZER_FILES
 
 
 def test_default_config_is_valid():
@@ -63,8 +66,7 @@ def test_boundary_values_are_accepted(overrides):
 
 @pytest.mark.parametrize("env_file", ENV_FILES)
 def test_env_file_composes_validates_and_builds(env_file):
-    """Each conf/env/*.yaml composes, validates, makes its Gymnasium env, and gives a policy of the right kind
-    whose distribution has the action space's shape."""
+    """Each conf/env/*.yaml composes, validates, makes its env, and gives the right kind and shape of policy."""
     cfg = compose_config([f"env={env_file}"])
     validate(cfg)
     env = gym.make(cfg.env.id)
@@ -96,6 +98,14 @@ def test_env_file_composes_validates_and_builds(env_file):
         env.step(step_action)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("optimizer_file", OPTIMIZER_FILES)
+def test_optimizer_file_composes_validates_and_names_an_update_rule(optimizer_file):
+    """Each conf/optimizer/*.yaml composes and validates, and its _target_ is an UpdateRule subclass."""
+    cfg = compose_config([f"optimizer={optimizer_file}"])
+    validate(cfg)
+    assert issubclass(get_class(cfg.optimizer._target_), UpdateRule)
 
 
 BAD_VALUES = [

@@ -34,6 +34,16 @@ ACTION_SPACES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """Run these tiny problems on one torch thread: on a busy 2-core machine, idle intra-op threads spinning
+    against other processes made the tests several times slower. Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def small_policy(kind: str, seed: int = 0):
     """A float64 policy (obs_dim 3, one hidden layer of 5) for ``kind`` in ACTION_SPACES."""
     torch.manual_seed(seed)
@@ -103,7 +113,8 @@ def random_batch(policy, seed: int, size: int = BATCH_SIZE) -> Batch:
     return Batch(obs, actions, logp, advantages, torch.zeros(size, dtype=torch.float64))
 
 
-def make_trpo(policy, delta: float, backtrack_iters: int = 10) -> TRPO:
+def make_trpo(policy, delta: float) -> TRPO:
+    """TRPO at Spinning Up's settings (10 CG iterations, 10 backtracks of 0.8) with the given delta."""
     value_function = ValueFunction(OBS_DIM, [5], "tanh").double()
     return TRPO(
         policy,
@@ -111,7 +122,7 @@ def make_trpo(policy, delta: float, backtrack_iters: int = 10) -> TRPO:
         delta=delta,
         damping_coeff=0.1,
         cg_iters=10,
-        backtrack_iters=backtrack_iters,
+        backtrack_iters=10,
         backtrack_coeff=0.8,
         gamma=0.99,
         lam=0.97,
@@ -155,8 +166,7 @@ def test_conjugate_gradient_default_tolerance_meets_residual_tol():
 
 
 def test_conjugate_gradient_fewer_iterations_are_worse():
-    """Truncated CG: the A-norm error never grows with more iterations (CG's optimality), and few iterations
-    leave a residual orders of magnitude above the full solve's."""
+    """Truncated CG: the A-norm error (vs torch.linalg.solve) falls every iteration; 1-5 iterations leave residuals."""
     a = random_spd(20, 4)
     b = torch.randn(20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     exact = torch.linalg.solve(a, b)
@@ -256,8 +266,8 @@ def test_max_step_meets_quadratic_kl_model_exactly(kind):
     ],
 )
 def test_policy_step_accepts_step_inside_trust_region(kind, delta, must_backtrack):
-    """Over 10 seeds, TRPO.policy_step's accepted step has exact KL <= delta and a better surrogate, both
-    recomputed by hand; with the large deltas the line search must have backtracked at least once."""
+    """TRPO.policy_step's accepted step has hand-computed KL <= delta and a better surrogate, over 10 seeds."""
+    # With the large deltas the line search must also have backtracked at least once, to prove it was exercised.
     backtracks = []
     for seed in range(10):
         policy = small_policy(kind, seed=seed)
@@ -286,8 +296,8 @@ def test_policy_step_accepts_step_inside_trust_region(kind, delta, must_backtrac
 
 
 def test_line_search_accepts_first_acceptable_shrink():
-    """With KL(p) = ||p - p_old||^2 and ||s||^2 = 4 delta, the first accepted shrink is coeff^4 = 0.8^4 (the first
-    power <= 1/2), and the candidates tried are exactly p_old + 0.8^j s."""
+    """The search tries p_old + 0.8^j s in order and stops at the first j passing, found by hand (j = 4)."""
+    # KL(p) = ||p - p_old||^2 and ||s||^2 = 4 delta, so 0.8^j s passes once 0.8^j <= 1/2: j = 4 (0.8^3 = 0.512).
     delta = 0.01
     params_old = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     full_step = torch.tensor([0.0, 0.2, 0.0], dtype=torch.float64)  # ||s||^2 = 0.04 = 4 delta
@@ -308,14 +318,23 @@ def test_line_search_accepts_first_acceptable_shrink():
     assert len(tried) == 5
 
 
+def test_line_search_accepts_kl_exactly_delta():
+    """The trust region is closed (KL <= delta): a full step whose KL equals delta exactly is taken unshrunk."""
+    params_old = torch.zeros(3, dtype=torch.float64)
+    full_step = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    result = backtracking_line_search(lambda p: (1.0, 0.01), params_old, full_step, 0.5, 0.01, 0.8, 10)
+    assert result.accepted and result.backtracks == 0
+    assert torch.equal(result.params, params_old + full_step)
+    assert (result.surrogate, result.kl) == (1.0, 0.01)
+
+
 @pytest.mark.parametrize(
     "outcome",
     [pytest.param((1.0, 1.0), id="kl-too-large"), pytest.param((0.0, 0.0), id="surrogate-not-improved")],
 )
 @pytest.mark.parametrize("backtrack_iters", [1, 10])
 def test_line_search_failure_returns_old_params(outcome, backtrack_iters):
-    """When no candidate passes (KL > delta, or surrogate not strictly better), the result is params_old bit for
-    bit, accepted is False, backtracks == backtrack_iters, and exactly backtrack_iters candidates were tried."""
+    """When no candidate passes, the result is params_old bit for bit after backtrack_iters tries, not accepted."""
     params_old = torch.randn(7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     full_step = torch.randn(7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     surrogate, kl = outcome
@@ -334,8 +353,9 @@ def test_line_search_failure_returns_old_params(outcome, backtrack_iters):
 
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
 def test_policy_step_failed_search_restores_policy_bit_for_bit(kind, monkeypatch):
-    """When the line search accepts nothing (every exact KL is reported 1.0 above the truth), policy_step still
-    evaluates candidates in the live policy but leaves every parameter bit-for-bit as it was."""
+    """A policy_step whose line search accepts nothing leaves every policy parameter bit-for-bit unchanged."""
+    # Every KL is reported 1.0 above the truth, so nothing is accepted; the candidates are still written into the
+    # live policy by evaluate(), which is what the restore has to undo.
     real_mean_kl = trpo.updates.mean_kl
     # The offset leaves the gradient and Hessian unchanged, so the step is the usual one; only acceptance fails.
     monkeypatch.setattr(trpo.updates, "mean_kl", lambda old, new: real_mean_kl(old, new) + 1.0)
@@ -394,8 +414,8 @@ def test_mean_kl_is_zero_for_identical_distributions(kind):
 
 
 def test_mean_kl_matches_closed_form_diagonal_gaussian():
-    """mean_kl(old, new) = mean over states of sum_i [log(s_q/s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2]
-    for diagonal Gaussians old = N(m_p, s_p^2), new = N(m_q, s_q^2) (argument order matters: KL(old || new))."""
+    """mean_kl(old, new) equals the closed-form KL(old || new) of two batches of diagonal Gaussians."""
+    # KL = sum_i [log(s_q/s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2], averaged over the batch.
     generator = torch.Generator().manual_seed(0)
     mu_p, mu_q = (torch.randn(10, 4, generator=generator, dtype=torch.float64) for _ in range(2))
     sigma_p = torch.rand(10, 4, generator=generator, dtype=torch.float64) + 0.2

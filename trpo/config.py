@@ -55,6 +55,7 @@ class PolicyConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = field(default="tanh", metadata=one_of("tanh", "relu", "elu"))
     init_log_std: float = -0.5
+    ortho_init: bool = False
 
 
 @dataclass
@@ -65,6 +66,8 @@ class ValueFitConfig:
     gamma: float = field(default=0.99, metadata=in_closed_interval(0.0, 1.0))
     vf_lr: float = field(default=1e-3, metadata=positive())
     train_v_iters: int = field(default=80, metadata=at_least(0))
+    normalize_advantages: bool = False
+    vf_lr_schedule: str = field(default="constant", metadata=one_of("constant", "linear"))
 
 
 @dataclass
@@ -102,6 +105,9 @@ class WandbConfig:
 class SamplerConfig:
     num_envs: int = field(default=1, metadata=at_least(1))
     workers: int = field(default=0, metadata=at_least(0))
+    clip_actions: bool = True
+    normalize_obs: bool = False
+    normalize_rewards: bool = False
 
 
 @dataclass

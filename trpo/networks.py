@@ -19,11 +19,20 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
-def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
+def mlp(sizes: Sequence[int], activation: str, ortho_init: bool = False, output_gain: float = 1.0) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them (none after the last).
+
+    ``ortho_init`` draws orthogonal weights with gain sqrt(2) in hidden layers and ``output_gain`` in the last,
+    and zero biases (as OpenAI Baselines and SB3 do); otherwise PyTorch's default initialisation.
+    """
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        if ortho_init:
+            last = i == len(sizes) - 2
+            nn.init.orthogonal_(linear.weight, gain=output_gain if last else np.sqrt(2))
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
@@ -49,9 +58,18 @@ class GaussianPolicy(Policy):
     r""":math:`\pi_\theta(a|s) = \mathcal{N}(\mu_\theta(s), \operatorname{diag}(\sigma^2))` with
     :math:`\log\sigma` a learned vector that does not depend on the state."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int], activation: str, init_log_std: float):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        init_log_std: float,
+        ortho_init: bool = False,
+    ):
         super().__init__()
-        self.mean_net = mlp([obs_dim, *hidden_sizes, act_dim], activation)
+        # A small output gain starts the policy near a zero mean, so early actions are set by the log-std.
+        self.mean_net = mlp([obs_dim, *hidden_sizes, act_dim], activation, ortho_init, output_gain=0.01)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
@@ -71,9 +89,11 @@ class GaussianPolicy(Policy):
 class CategoricalPolicy(Policy):
     r""":math:`\pi_\theta(a|s) = \operatorname{softmax}(f_\theta(s))_a` over a discrete action set."""
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden_sizes: Sequence[int], activation: str):
+    def __init__(
+        self, obs_dim: int, num_actions: int, hidden_sizes: Sequence[int], activation: str, ortho_init: bool = False
+    ):
         super().__init__()
-        self.logits_net = mlp([obs_dim, *hidden_sizes, num_actions], activation)
+        self.logits_net = mlp([obs_dim, *hidden_sizes, num_actions], activation, ortho_init, output_gain=0.01)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
         return Categorical(logits=self.logits_net(obs), validate_args=False)
@@ -85,9 +105,9 @@ class CategoricalPolicy(Policy):
 class ValueFunction(nn.Module):
     """:math:`V_\\phi(s)`, the critic that baselines the advantages."""
 
-    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int], activation: str):
+    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int], activation: str, ortho_init: bool = False):
         super().__init__()
-        self.net = mlp([obs_dim, *hidden_sizes, 1], activation)
+        self.net = mlp([obs_dim, *hidden_sizes, 1], activation, ortho_init, output_gain=1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).squeeze(-1)
@@ -99,11 +119,13 @@ def make_policy(
     hidden_sizes: Sequence[int],
     activation: str,
     init_log_std: float,
+    ortho_init: bool = False,
 ) -> Policy:
     """The policy that fits ``action_space``: Gaussian for ``Box``, Categorical for ``Discrete``."""
     obs_dim = int(np.prod(observation_space.shape))
     if isinstance(action_space, gym.spaces.Box):
-        return GaussianPolicy(obs_dim, int(np.prod(action_space.shape)), hidden_sizes, activation, init_log_std)
+        act_dim = int(np.prod(action_space.shape))
+        return GaussianPolicy(obs_dim, act_dim, hidden_sizes, activation, init_log_std, ortho_init)
     if isinstance(action_space, gym.spaces.Discrete):
-        return CategoricalPolicy(obs_dim, int(action_space.n), hidden_sizes, activation)
+        return CategoricalPolicy(obs_dim, int(action_space.n), hidden_sizes, activation, ortho_init)
     raise TypeError(f"unsupported action space {action_space}")

@@ -29,6 +29,7 @@ from trpo.envs import make_env_batch
 from trpo.evaluation import evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
 from trpo.networks import ValueFunction, make_policy
+from trpo.normalization import ObservationNormalizer, RewardScaler
 from trpo.sampler import Sampler
 
 # Seeds of evaluation episodes are offset so they never replay a training episode's start.
@@ -82,13 +83,20 @@ class Runner:
             if checkpoint["epoch"] >= cfg.epochs:
                 print(f"{self.run_dir} already finished; EvalEpRet {checkpoint['eval_ep_ret']:.2f}")
                 return checkpoint["eval_ep_ret"]
-        envs = make_env_batch(cfg.env.id, cfg.env.max_ep_len, cfg.sampler.num_envs, cfg.sampler.workers)
+        envs = make_env_batch(
+            cfg.env.id, cfg.env.max_ep_len, cfg.sampler.num_envs, cfg.sampler.workers, cfg.sampler.clip_actions
+        )
         policy = make_policy(envs.observation_space, envs.action_space, **cfg.policy)
         value_function = ValueFunction(
-            int(np.prod(envs.observation_space.shape)), cfg.policy.hidden_sizes, cfg.policy.activation
+            int(np.prod(envs.observation_space.shape)),
+            cfg.policy.hidden_sizes,
+            cfg.policy.activation,
+            cfg.policy.ortho_init,
         )
         update_rule = instantiate(cfg.optimizer, policy=policy, value_function=value_function)
-        sampler = Sampler(envs, policy, seed=cfg.seed)
+        obs_normalizer = ObservationNormalizer(envs.observation_space.shape) if cfg.sampler.normalize_obs else None
+        reward_scaler = RewardScaler(envs.num_envs, cfg.optimizer.gamma) if cfg.sampler.normalize_rewards else None
+        sampler = Sampler(envs, policy, cfg.seed, obs_normalizer, reward_scaler)
         buffer = RolloutBuffer(
             cfg.steps_per_epoch // cfg.sampler.num_envs,
             cfg.sampler.num_envs,
@@ -101,6 +109,9 @@ class Runner:
             policy.load_state_dict(checkpoint["policy"])
             value_function.load_state_dict(checkpoint["value_function"])
             update_rule.load_state_dict(checkpoint["update_rule"])
+            for stats, state in ((obs_normalizer, checkpoint["obs_normalizer"]), (reward_scaler, checkpoint["reward_scaler"])):
+                if stats is not None:
+                    stats.load_state_dict(state)
             sampler.obs = envs.set_state(checkpoint["envs"])
             torch.set_rng_state(checkpoint["torch_rng"])
             start_epoch, elapsed, wandb_run_id = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["wandb_run_id"]
@@ -125,6 +136,7 @@ class Runner:
             non_finite_streak, skipped_updates = 0, 0
             for epoch in range(start_epoch, cfg.epochs):
                 epoch_start = time.perf_counter()
+                update_rule.anneal(epoch / cfg.epochs)
                 episodes = sampler.collect(buffer)
                 batch, values = buffer.compute_batch(value_function, update_rule.gamma, update_rule.lam)
                 update_start = time.perf_counter()
@@ -181,6 +193,8 @@ class Runner:
                             "policy": policy.state_dict(),
                             "value_function": value_function.state_dict(),
                             "update_rule": update_rule.state_dict(),
+                            "obs_normalizer": obs_normalizer.state_dict() if obs_normalizer else None,
+                            "reward_scaler": reward_scaler.state_dict() if reward_scaler else None,
                             "envs": envs.get_state(),
                             "torch_rng": torch.get_rng_state(),
                             "wandb_run_id": wandb_logger.run_id,

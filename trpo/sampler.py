@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from trpo.buffer import RolloutBuffer
 from trpo.envs import EnvBatch, SubprocEnvBatch
 from trpo.networks import Policy
+from trpo.normalization import ObservationNormalizer, RewardScaler
 
 
 @dataclass
@@ -24,26 +26,50 @@ class Sampler:
 
     Episodes run on across epochs: the part of an episode inside one epoch is bootstrapped with :math:`V`
     where the epoch cuts it, and the episode is counted in the epoch where it finishes.
+
+    With an ``obs_normalizer`` the policy, the buffer and the value function see normalised observations (its
+    statistics updated with every step); with a ``reward_scaler`` the buffer holds scaled rewards. Episode
+    returns are always reported in the env's own reward units.
     """
 
-    def __init__(self, envs: EnvBatch | SubprocEnvBatch, policy: Policy, seed: int):
+    def __init__(
+        self,
+        envs: EnvBatch | SubprocEnvBatch,
+        policy: Policy,
+        seed: int,
+        obs_normalizer: ObservationNormalizer | None = None,
+        reward_scaler: RewardScaler | None = None,
+    ):
         self.envs = envs
         self.policy = policy
-        self.obs = envs.reset(seed=seed)
+        self.obs_normalizer = obs_normalizer
+        self.reward_scaler = reward_scaler
+        self.obs = envs.reset(seed=seed)  # raw observations, as the envs return them
+        if obs_normalizer is not None:
+            obs_normalizer.update(self.obs)
+
+    def _normalize(self, obs: np.ndarray) -> np.ndarray:
+        return obs if self.obs_normalizer is None else self.obs_normalizer(obs)
 
     def collect(self, buffer: RolloutBuffer) -> EpisodeRecord:
         """Fill ``buffer`` with ``buffer.steps`` lockstep steps of every env."""
         episodes = EpisodeRecord()
         for t in range(buffer.steps):
+            obs = self._normalize(self.obs)
             with torch.inference_mode():
-                actions = self.policy.sample(torch.from_numpy(self.obs)).numpy()
+                actions = self.policy.sample(torch.from_numpy(obs)).numpy()
             step = self.envs.step(actions)
-            buffer.obs[t] = self.obs
+            if self.obs_normalizer is not None:
+                self.obs_normalizer.update(step.obs)
+            rewards = step.rewards
+            if self.reward_scaler is not None:
+                rewards = self.reward_scaler(rewards, step.terminated | step.truncated)
+            buffer.obs[t] = obs
             buffer.actions[t] = actions
-            buffer.rewards[t] = step.rewards
+            buffer.rewards[t] = rewards
             buffer.terminated[t] = step.terminated
             buffer.truncated[t] = step.truncated
-            buffer.next_obs[t] = step.final_obs
+            buffer.next_obs[t] = self._normalize(step.final_obs)
             episodes.returns += step.finished_returns
             episodes.lengths += step.finished_lengths
             self.obs = step.obs

@@ -7,6 +7,8 @@ Runner does not know which one it drives.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from trpo.buffer import Batch
@@ -34,6 +36,10 @@ class UpdateRule:
         lam: GAE's :math:`\\lambda`, in [0, 1]; usually 0.95-0.97.
         vf_lr: Adam learning rate of the value function; usually 1e-3.
         train_v_iters: full-batch value-function gradient steps per epoch; usually 80.
+        normalize_advantages: rescale each batch's advantages to mean 0 and std 1 before the policy step
+            (a per-batch change of the surrogate's scale and baseline; the KL limit still sets the step).
+        vf_lr_schedule: ``constant``, or ``linear``: ``vf_lr`` decays linearly to 0 over the run (see
+            :meth:`anneal`).
     """
 
     def __init__(
@@ -44,13 +50,24 @@ class UpdateRule:
         lam: float,
         vf_lr: float,
         train_v_iters: int,
+        normalize_advantages: bool = False,
+        vf_lr_schedule: str = "constant",
     ):
         self.policy = policy
         self.value_function = value_function
         self.gamma = gamma
         self.lam = lam
         self.train_v_iters = train_v_iters
+        self.vf_lr = vf_lr
+        self.normalize_advantages = normalize_advantages
+        self.vf_lr_schedule = vf_lr_schedule
         self.vf_optimizer = torch.optim.Adam(value_function.parameters(), lr=vf_lr)
+
+    def anneal(self, progress: float) -> None:
+        """Set learning rates for a run that is ``progress`` (0 to 1) done."""
+        if self.vf_lr_schedule == "linear":
+            for group in self.vf_optimizer.param_groups:
+                group["lr"] = self.vf_lr * (1.0 - progress)
 
     def state_dict(self) -> dict:
         """The optimiser states, for checkpoints (the networks are saved by their owner)."""
@@ -61,6 +78,9 @@ class UpdateRule:
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One policy step and one value fit on the epoch's batch; returns the numbers to log."""
+        if self.normalize_advantages:
+            advantages = batch.advantages
+            batch = dataclasses.replace(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
         stats = self.policy_step(batch)
         stats.update(self.fit_value_function(batch))
         return stats
