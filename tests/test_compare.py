@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +21,16 @@ import yaml
 
 from tests.conftest import ROOT, TINY, launch
 from trpo.compare import (
+    cpu_model,
     differing_keys,
     find_run_dirs,
     flatten,
     group_curve,
+    group_labels,
     group_runs,
     main,
+    make_figure,
+    parse_args,
     read_run,
 )
 
@@ -48,9 +54,17 @@ def write_run(
     progress: bool = True,
     steps_per_epoch: int = 100,
     config: Optional[dict[str, Any]] = None,
+    columns: Optional[dict[str, list[Optional[float]]]] = None,
+    optimizer: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """A run dir as launch.py leaves it: BASE_CONFIG with ``config``'s dotted keys set, one row per return."""
+    """A run dir as launch.py leaves it: BASE_CONFIG with ``config``'s dotted keys set, one row per return.
+
+    ``columns``: more progress.csv columns, one value per epoch (None: an empty cell); ``optimizer`` replaces
+    the whole optimizer section (as choosing ``optimizer=vpg`` does).
+    """
     full = yaml.safe_load(yaml.safe_dump(BASE_CONFIG))  # a deep copy
+    if optimizer is not None:
+        full["optimizer"] = dict(optimizer)
     override_list = []
     for key, value in (config or {}).items():
         *parents, leaf = key.split(".")
@@ -64,7 +78,8 @@ def write_run(
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(override_list))
     if progress:
         with open(run_dir / "progress.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, ["Epoch", "AverageEpRet", "TotalEnvInteracts", "KL", "EvalEpRet"])
+            extra = {"KL": [0.01] * len(returns), **(columns or {})}
+            writer = csv.DictWriter(f, ["Epoch", "AverageEpRet", "TotalEnvInteracts", *extra, "EvalEpRet"])
             writer.writeheader()
             for epoch, ret in enumerate(returns):
                 last = epoch == len(returns) - 1
@@ -72,7 +87,7 @@ def write_run(
                     "Epoch": epoch,
                     "AverageEpRet": "nan" if math.isnan(ret) else ret,
                     "TotalEnvInteracts": (epoch + 1) * steps_per_epoch,
-                    "KL": 0.01,
+                    **{key: "" if values[epoch] is None else values[epoch] for key, values in extra.items()},
                     "EvalEpRet": eval_return if (last and eval_return is not None) else "",
                 })
     if error is not None:
@@ -198,6 +213,187 @@ def test_writes_png_and_md_into_first_dir(sweep: Path, tmp_path: Path) -> None:
     assert md.startswith("# Comparison of 5 runs")
     assert "optimizer.delta=0.02" in md
     assert not (tmp_path / "runs" / "compare.png").exists()
+
+
+@pytest.fixture
+def diagnostics(tmp_path: Path) -> Path:
+    """Two deltas x two seeds with the update diagnostics of progress.csv, numbers easy to average by hand.
+
+    delta=0.01 (TRPO-like, 3 epochs each): BacktrackIters, KLExceeded, SampleTime + UpdateTime; only seed 0
+    logs SurrogateWorse. delta=0.05 (VPG-like: empty BacktrackIters/KLExceeded cells, 3 and 1 epochs): KL,
+    and only the cumulative Time.
+    """
+    root = tmp_path / "diag"
+    write_run(root / "0", [10, 20, 30], config={"optimizer.delta": 0.01, "seed": 0}, columns={
+        "BacktrackIters": [0, 3, 0], "KLExceeded": [0, 1, 1], "SurrogateWorse": [1, 0, 0],
+        "SampleTime": [1, 1, 1], "UpdateTime": [1, 1, 1]})
+    write_run(root / "1", [14, 24, 34], config={"optimizer.delta": 0.01, "seed": 1}, columns={
+        "BacktrackIters": [0, 0, 0], "KLExceeded": [0, 0, 1],
+        "SampleTime": [2, 2, 2], "UpdateTime": [2, 2, 2]})
+    write_run(root / "2", [0, 40, 80], config={"optimizer.delta": 0.05, "seed": 0}, columns={
+        "KL": [0.02, 0.02, 0.02], "BacktrackIters": [None] * 3, "KLExceeded": [None] * 3, "Time": [1, 3, 6]})
+    write_run(root / "3", [4], config={"optimizer.delta": 0.05, "seed": 1}, columns={
+        "KL": [0.08], "BacktrackIters": [None], "KLExceeded": [None], "Time": [4]})
+    return root
+
+
+def test_metrics_columns_against_hand_computed_numbers(diagnostics: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [str(diagnostics), "--metrics", "KL,BacktrackIters,KLExceeded,SurrogateWorse,Time"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    header = ("| group | runs | seeds | final EvalEpRet | final AverageEpRet | steps reached | status | KL "
+              "| BacktrackIters | backtracked % | KLExceeded % of epochs | SurrogateWorse % of epochs | s/epoch |")
+    assert header in out
+    # delta=0.01: KL 0.01 everywhere -> 0.01 +- 0. BacktrackIters: run means 1 and 0 -> 0.5 +- 0.5.
+    # backtracked: 1 of 3 epochs and 0 of 3 -> 1/6 = 16.7 %, run shares 33.3 % and 0 % -> std 16.7.
+    # KLExceeded: 2/3 and 1/3 -> 3 of 6 epochs = 50 %, std of 66.7 and 33.3 = 16.7.
+    # SurrogateWorse: only seed 0 logged it, 1 of 3 epochs -> 33.3 +- 0 (n=1).
+    # s/epoch: SampleTime + UpdateTime = 2 s and 4 s per epoch -> 3 +- 1.
+    assert ("| optimizer.delta=0.01 | 2 | 0, 1 | – | 32.00 ± 2.00 | 300 | 2 incomplete | 0.01 ± 0 | 0.5 ± 0.5 "
+            "| 16.7 ± 16.7 | 50.0 ± 16.7 | 33.3 ± 0.0 (n=1) | 3 ± 1 |") in out
+    # delta=0.05: KL pools all 4 epochs, (3 * 0.02 + 0.08) / 4 = 0.035; run means 0.02 and 0.08 -> std 0.03.
+    # No BacktrackIters/KLExceeded/SurrogateWorse values: n/a. s/epoch from the increments of the cumulative
+    # Time: [1, 2, 3] and [4] -> (1 + 2 + 3 + 4) / 4 = 2.5; run means 2 and 4 -> std 1.
+    assert ("| optimizer.delta=0.05 | 2 | 0, 1 | – | 2.00 ± 2.00 | 100 (max 300) | 2 incomplete | 0.035 ± 0.03 "
+            "| n/a | n/a | n/a | n/a | 2.5 ± 1 |") in out
+    assert "`n/a`: no run of the group logged the column" in (diagnostics / "compare.md").read_text()
+
+
+def test_default_table_has_no_metric_columns(diagnostics: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(diagnostics)]) == 0
+    out = capsys.readouterr().out
+    assert "| group | runs | seeds | final EvalEpRet | final AverageEpRet | steps reached | status |\n" in out
+    assert "n/a" not in out and "Metric columns" not in out
+
+
+def test_unknown_metric_or_panel_exits_2(diagnostics: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(diagnostics), "--metrics", "KL,KLL"]) == 2
+    assert capsys.readouterr().err.startswith("error: --metrics KLL: no such column in progress.csv (columns: ")
+    assert main([str(diagnostics), "--panels", "Nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --panels Nope: no such column")
+    assert not (diagnostics / "compare.md").exists()
+
+
+def test_panels_share_colours_and_show_delta(diagnostics: Path) -> None:
+    """--panels KL: a KL panel under the returns, the group means as hand-computed, each group's delta dashed."""
+    groups = group_runs([read_run(p) for p in find_run_dirs(diagnostics)])
+    fig = make_figure(groups, ["KL", "BacktrackIters"], title="KL per update")
+    returns_ax, kl_ax, backtrack_ax = fig.axes
+    assert returns_ax.get_title() == "KL per update"
+    default = make_figure(groups).axes[0].get_title()  # no optimizer._target_ in these configs: TRPO, as before
+    assert default == "TRPO learning curves on CartPole-v1: mean ± std over seeds"
+    assert kl_ax.get_ylabel() == "KL" and backtrack_ax.get_xlabel().startswith("environment steps")
+    solid = [line for line in kl_ax.get_lines() if line.get_linestyle() == "-"]
+    # delta=0.01: KL 0.01 at 100..300 steps; delta=0.05: cut at the 100 steps both runs reached, (0.02+0.08)/2
+    np.testing.assert_allclose(solid[0].get_xydata(), [[100, 0.01], [200, 0.01], [300, 0.01]])
+    np.testing.assert_allclose(solid[1].get_xydata(), [[100, 0.05]])
+    colours = [line.get_color() for line in returns_ax.get_lines()]
+    assert colours == [line.get_color() for line in solid] == ["C0", "C1"]
+    dashed = [line for line in kl_ax.get_lines() if line.get_linestyle() == "--" and len(line.get_ydata())]
+    assert [(line.get_ydata()[0], line.get_color()) for line in dashed] == [(0.01, "C0"), (0.05, "C1")]
+    assert [t.get_text() for t in kl_ax.get_legend().get_texts()] == ["delta of each group"]
+    # BacktrackIters [0, 3, 0] and [0, 0, 0] -> mean [0, 1.5, 0]; the delta=0.05 runs logged none: no line
+    np.testing.assert_allclose([line.get_ydata() for line in backtrack_ax.get_lines()], [[0.0, 1.5, 0.0]])
+
+
+def test_one_shared_delta_is_one_black_line(sweep: Path) -> None:
+    """TRPO and NPG at delta=0.01 and a VPG run (no delta): one delta line, black, not one per group."""
+    runs = [read_run(p) for p in find_run_dirs(sweep) if "delta=0.01" in (p / ".hydra" / "overrides.yaml").read_text()]
+    npg = {**BASE_CONFIG["optimizer"], "_target_": "trpo.updates.NPG"}
+    runs.append(read_run(write_run(sweep.parent / "npg", [1, 2, 3], optimizer=npg)))
+    runs.append(read_run(write_run(sweep.parent / "vpg", [1, 2, 3], optimizer={"_target_": "trpo.updates.VPG"})))
+    fig = make_figure(group_runs(runs), ["KL"])
+    [dashed] = [line for line in fig.axes[1].get_lines() if line.get_linestyle() == "--"]
+    assert dashed.get_ydata()[0] == 0.01 and dashed.get_color() == "black"
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["delta = 0.01"]
+    assert fig.axes[0].get_title() == "Learning curves on CartPole-v1: mean ± std over seeds"  # 3 update rules
+    title = make_figure(group_runs(runs[-2:-1]), []).axes[0].get_title()
+    assert title == "NPG learning curves on CartPole-v1: mean ± std over seeds"
+
+
+def test_name_out_dir_title_and_provenance(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import matplotlib.image
+
+    out_dir = tmp_path / "docs" / "figures"
+    argv = [str(sweep), "--panels", "KL", "--metrics", "KL", "--name", "delta_kl", "--out-dir", str(out_dir),
+            "--title", "TRPO: KL per update"]
+    assert parse_args(argv).title == "TRPO: KL per update"
+    assert main(argv) == 0
+    assert not (sweep / "compare.png").exists() and not (sweep / "compare.md").exists()
+    assert f"wrote {out_dir / 'delta_kl.png'} and {out_dir / 'delta_kl.md'}" in capsys.readouterr().out
+    image = matplotlib.image.imread(out_dir / "delta_kl.png")
+    assert image.shape[:2] == (900, 960)  # 8 x (5 + 2.5) inches at 120 dpi: the return curve and one panel
+    md = (out_dir / "delta_kl.md").read_text()
+    assert md.startswith("# Comparison of 4 runs\n\nMade ")
+    when_where = r"^Made (\d{4}-\d\d-\d\d \d\d:\d\d \S+) on (.+), (\d+)( of \d+)? logical CPUs( usable)?\.$"
+    made = re.search(when_where, md, re.M)
+    assert made, md[:300]
+    assert cpu_model() in made.group(2) and int(made.group(3)) >= 1
+    assert f"Command:\n\n```sh\npython -m trpo.compare {shlex.join(argv)}\n```" in md
+    assert "'TRPO: KL per update'" in md  # quoted, so the command can be pasted as is
+    assert "(the end of the group's curve in delta_kl.png)" in md.replace("\n", " ")
+    with pytest.raises(SystemExit):
+        parse_args([str(sweep), "--name", "docs/x"])
+
+
+OPTIONS = {
+    "trpo": {"_target_": "trpo.updates.TRPO", "delta": 0.01, "backtrack_iters": 10, "lam": 0.97},
+    "npg": {"_target_": "trpo.updates.NPG", "delta": 0.01, "lam": 0.97},
+    "vpg": {"_target_": "trpo.updates.VPG", "pi_lr": 3.0e-4, "train_pi_iters": 1, "lam": 0.97},
+}
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path) -> Path:
+    """A conf/optimizer/ with the three options' defaults (the repo's own may change; these don't)."""
+    for name, option in OPTIONS.items():
+        (tmp_path / "conf" / "optimizer").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "conf" / "optimizer" / f"{name}.yaml").write_text(yaml.safe_dump(option))
+    return tmp_path / "conf"
+
+
+def option(name: str, **changes: Any) -> dict[str, Any]:
+    """A flattened config that chose ``optimizer=name``, with ``changes`` to the option's keys."""
+    return flatten({**BASE_CONFIG, "optimizer": {**OPTIONS[name], **changes}})
+
+
+def test_labels_name_the_update_rule_and_only_non_default_keys(conf_dir: Path) -> None:
+    # pi_lr varies between the VPG runs, so it labels both; TRPO/NPG keys at their defaults are left out
+    configs = [option("npg"), option("trpo"), option("vpg"), option("vpg", pi_lr=0.01)]
+    assert group_labels(configs, conf_dir) == ["NPG", "TRPO", "VPG pi_lr=0.0003", "VPG pi_lr=0.01"]
+    # a non-default value shared by all runs of an option is named; a key that differs only because the
+    # options differ (TRPO's delta, VPG's pi_lr) is not
+    assert group_labels([option("trpo"), option("vpg", pi_lr=0.01)], conf_dir) == ["TRPO", "VPG pi_lr=0.01"]
+    assert group_labels([option("trpo", delta=0.05, lam=0.9), option("npg")], conf_dir) == [
+        "TRPO delta=0.05 lam=0.9", "NPG"]
+    # without the option's defaults file, a value shared by all of an option's runs counts as its own
+    assert group_labels([option("trpo"), option("vpg", pi_lr=0.01)], conf_dir / "nowhere") == ["TRPO", "VPG"]
+    # keys outside the optimizer follow as key=value
+    hopper = {**option("vpg"), "env.id": "Hopper-v5"}
+    assert group_labels([option("trpo"), hopper], conf_dir) == ["TRPO, env.id=CartPole-v1", "VPG, env.id=Hopper-v5"]
+    # the same optimizer throughout: the plain key=value labels, as before
+    assert group_labels([option("trpo"), option("trpo", delta=0.05)], conf_dir) == [
+        "optimizer.delta=0.01", "optimizer.delta=0.05"]
+    # two targets with the same class name would give one label twice: plain labels instead
+    other = option("trpo", _target_="other.module.TRPO")
+    labels = group_labels([option("trpo"), other], conf_dir)
+    assert labels == ["optimizer._target_=trpo.updates.TRPO", "optimizer._target_=other.module.TRPO"]
+
+
+def test_table_labels_for_optimizer_choice(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Runs of optimizer=trpo and optimizer=vpg through the command line, with the repo's conf/ defaults;
+    VPG has no KLExceeded, so its cell is n/a."""
+    from trpo.compare import CONF_DIR, option_defaults
+
+    vpg = option_defaults(CONF_DIR / "optimizer")["trpo.updates.VPG"]
+    trpo = option_defaults(CONF_DIR / "optimizer")["trpo.updates.TRPO"]
+    write_run(tmp_path / "t0", [1, 2], optimizer=trpo, config={"seed": 0}, columns={"KLExceeded": [0, 1]})
+    write_run(tmp_path / "t1", [1, 2], optimizer=trpo, config={"seed": 1}, columns={"KLExceeded": [0, 0]})
+    write_run(tmp_path / "v0", [1, 2], optimizer={**vpg, "pi_lr": 0.0123}, columns={"KLExceeded": [None, None]})
+    assert main([str(tmp_path), "--metrics", "KLExceeded"]) == 0
+    out = capsys.readouterr().out
+    assert "| TRPO | 2 | 0, 1 | – | 2.00 ± 0.00 | 200 | 2 incomplete | 25.0 ± 25.0 |" in out
+    assert "| VPG pi_lr=0.0123 | 1 | 0 | – | 2.00 ± 0.00 | 200 | 1 incomplete | n/a |" in out
 
 
 def test_real_sweep_from_launch(tmp_path: Path) -> None:

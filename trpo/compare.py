@@ -6,10 +6,17 @@ A run is a dir with ``progress.csv`` and/or ``.hydra/config.yaml``; a run with `
 Runs are grouped by the config values that differ between them, with the seed pooled: the flattened configs
 of all runs are compared key by key, keys that never change what is learned (``seed``, ``logger.*``,
 ``save_freq``) are dropped, and runs that agree on the remaining differing keys form one group, labelled
-like ``optimizer.delta=0.05``.
+like ``optimizer.delta=0.05``. Runs that differ by a config group choice (``optimizer=trpo`` vs
+``optimizer=vpg``) are labelled by the update rule's name instead, like ``TRPO`` or ``VPG pi_lr=0.01``
+(see :func:`group_labels`).
 
-Into the first DIR it writes ``compare.png`` (AverageEpRet against env steps, per group the mean over seeds
-with a +-std band) and ``compare.md`` (one row per group, one row per run), and prints the same tables.
+Into the first DIR (or ``--out-dir``) it writes ``compare.png`` (AverageEpRet against env steps, per group
+the mean over seeds with a +-std band, plus one panel per ``--panels`` key) and ``compare.md`` (when, where
+and by which command it was made; one row per group, with a column per ``--metrics`` key; one row per run),
+and prints the same tables. ``--name`` renames both files, ``--title`` replaces the figure's title. E.g.::
+
+    python -m trpo.compare outputs/sweeps/delta --metrics KL,BacktrackIters,Time --panels KL \\
+        --out-dir docs/figures --name trpo_delta --title "TRPO on Hopper-v5: KL limit delta"
 
 Std is numpy's default, the population std over runs (ddof=0), so a group of one run has std 0.
 """
@@ -20,11 +27,15 @@ import argparse
 import csv
 import math
 import os
+import platform
+import shlex
 import sys
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -35,8 +46,15 @@ IGNORED_PREFIXES = ("logger.",)
 # Subdirectories that never hold runs; skipping them keeps the search fast (W&B dirs hold many files).
 SKIPPED_DIRS = ("wandb", ".hydra")
 
-PNG_NAME = "compare.png"
-MD_NAME = "compare.md"
+DEFAULT_NAME = "compare"
+PNG_NAME = f"{DEFAULT_NAME}.png"
+MD_NAME = f"{DEFAULT_NAME}.md"
+
+# The config groups' options (conf/optimizer/trpo.yaml, ...): the defaults that labels leave out.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# progress.csv columns that are 0 or 1 per epoch: --metrics shows them as a percentage of epochs.
+INDICATOR_KEYS = ("KLExceeded", "SurrogateWorse")
 
 Flat = dict[str, Any]
 
@@ -51,6 +69,7 @@ class Run:
     returns: np.ndarray  # AverageEpRet per epoch; NaN where no episode finished in the epoch
     eval_return: Optional[float]  # EvalEpRet of the last row; only a finished run has one
     error: Optional[str]  # first line of error.txt
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # every progress.csv column, one value per epoch
 
     @property
     def seed(self) -> Optional[Any]:
@@ -73,6 +92,12 @@ class Run:
             return "finished"
         planned = f"/{self.epochs_planned}" if self.epochs_planned is not None else ""
         return f"running or incomplete ({len(self.steps)}{planned} epochs)"
+
+    def column(self, key: str) -> np.ndarray:
+        """The per-epoch values of a progress.csv column; all NaN when the run's file lacks it."""
+        if key == "AverageEpRet":
+            return self.returns
+        return self.columns.get(key, np.full(len(self.steps), np.nan))
 
 
 @dataclass
@@ -131,11 +156,10 @@ def flatten(tree: Any, prefix: str = "") -> Flat:
     return {prefix[:-1]: tree}
 
 
-def read_config(path: Path) -> Optional[Flat]:
-    """The flattened, resolved ``.hydra/config.yaml`` of a run; None if it is missing or unreadable."""
+def read_yaml_flat(file: Path) -> Optional[Flat]:
+    """A YAML file flattened, interpolations resolved where they can be; None if missing or unreadable."""
     from omegaconf import OmegaConf
 
-    file = path / ".hydra" / "config.yaml"
     if not file.is_file():
         return None
     try:
@@ -149,6 +173,11 @@ def read_config(path: Path) -> Optional[Flat]:
     return flatten(tree) if isinstance(tree, dict) else None
 
 
+def read_config(path: Path) -> Optional[Flat]:
+    """The flattened, resolved ``.hydra/config.yaml`` of a run; None if it is missing or unreadable."""
+    return read_yaml_flat(path / ".hydra" / "config.yaml")
+
+
 def to_float(text: Optional[str]) -> float:
     """A CSV cell as a float; an empty or malformed cell is NaN."""
     try:
@@ -157,30 +186,45 @@ def to_float(text: Optional[str]) -> float:
         return math.nan
 
 
-def read_progress(path: Path) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """(TotalEnvInteracts, AverageEpRet, EvalEpRet of the last row) from ``progress.csv``.
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """Every column of ``progress.csv`` as floats, one value per epoch (empty cells NaN); {} without a file.
 
-    Rows without a step count (e.g. a line half-written while the run is going) are skipped. A missing file
-    gives empty arrays. A run dir used again by a new run gets its rows appended (the CSV logger appends),
-    so when the steps start over only the rows of the latest run are kept.
+    Rows without a step count (e.g. a line half-written while the run is going) are skipped. A run dir used
+    again by a new run gets its rows appended (the CSV logger appends), so when the steps start over only
+    the rows of the latest run are kept.
     """
     file = path / "progress.csv"
-    steps: list[float] = []
-    returns: list[float] = []
-    eval_return: Optional[float] = None
-    if file.is_file():
-        with open(file, newline="") as f:
-            for row in csv.DictReader(f):
-                step = to_float(row.get("TotalEnvInteracts"))
-                if math.isnan(step):
-                    continue
-                if steps and step <= steps[-1]:  # a new run started in this dir: forget the old one
-                    steps, returns, eval_return = [], [], None
-                steps.append(step)
-                returns.append(to_float(row.get("AverageEpRet")))
-                evaluated = to_float(row.get("EvalEpRet"))
-                eval_return = None if math.isnan(evaluated) else evaluated
-    return np.array(steps, dtype=float), np.array(returns, dtype=float), eval_return
+    if not file.is_file():
+        return {}
+    rows: list[dict[str, float]] = []
+    with open(file, newline="") as f:
+        reader = csv.DictReader(f)
+        names = [name for name in reader.fieldnames or [] if name]
+        for row in reader:
+            step = to_float(row.get("TotalEnvInteracts"))
+            if math.isnan(step):
+                continue
+            if rows and step <= rows[-1]["TotalEnvInteracts"]:  # a new run started in this dir: forget the old
+                rows = []
+            rows.append({name: to_float(row.get(name)) for name in names})
+    return {name: np.array([row[name] for row in rows], dtype=float) for name in names}
+
+
+def read_progress(path: Path) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
+    """(TotalEnvInteracts, AverageEpRet, EvalEpRet of the last row) from ``progress.csv`` (see :func:`read_table`).
+
+    A missing file gives empty arrays.
+    """
+    return split_table(read_table(path))
+
+
+def split_table(table: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
+    """(TotalEnvInteracts, AverageEpRet, EvalEpRet of the last row) of a :func:`read_table` table."""
+    steps = table.get("TotalEnvInteracts", np.array([], dtype=float))
+    returns = table.get("AverageEpRet", np.full(len(steps), np.nan))
+    evaluated = table.get("EvalEpRet", np.array([], dtype=float))
+    eval_return = float(evaluated[-1]) if len(evaluated) and math.isfinite(evaluated[-1]) else None
+    return steps, returns, eval_return
 
 
 def read_error(path: Path) -> Optional[str]:
@@ -193,8 +237,10 @@ def read_error(path: Path) -> Optional[str]:
 
 
 def read_run(path: Path) -> Run:
-    steps, returns, eval_return = read_progress(path)
-    return Run(path, read_config(path), steps, returns, eval_return, read_error(path))
+    """Everything :class:`Run` holds about the run dir ``path``."""
+    table = read_table(path)
+    steps, returns, eval_return = split_table(table)
+    return Run(path, read_config(path), steps, returns, eval_return, read_error(path), table)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,6 +252,7 @@ def is_ignored(key: str) -> bool:
 
 
 _MISSING = "<missing>"
+_TARGET = "._target_"
 
 
 def differing_keys(configs: Sequence[Flat]) -> list[str]:
@@ -217,6 +264,11 @@ def differing_keys(configs: Sequence[Flat]) -> list[str]:
         for key in keys
         if not is_ignored(key) and len({repr(config.get(key, _MISSING)) for config in configs}) > 1
     ]
+
+
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def format_value(value: Any) -> str:
@@ -232,16 +284,113 @@ def format_value(value: Any) -> str:
 
 def value_sort_key(value: Any) -> tuple:
     """Numbers in numeric order, then everything else by its text."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         return (0, float(value), "")
     return (1, 0.0, format_value(value))
 
 
-def group_runs(runs: Sequence[Run]) -> list[Group]:
+def same_value(a: Any, b: Any) -> bool:
+    """Config values equal as one would read them: ``1`` equals ``1.0``; ``true`` is not ``1``."""
+    return float(a) == float(b) if is_number(a) and is_number(b) else repr(a) == repr(b)
+
+
+def plain_label(config: Flat, keys: Sequence[str]) -> str:
+    """``optimizer.delta=0.05, policy.hidden_sizes=[32, 32]``: every differing key; ``all runs`` for none."""
+    return ", ".join(f"{key}={format_value(config.get(key, _MISSING))}" for key in keys) or "all runs"
+
+
+def short_target(target: str) -> str:
+    """``trpo.updates.TRPO`` -> ``TRPO``: the class (or function) name of a ``_target_``."""
+    return target.rsplit(".", 1)[-1]
+
+
+@lru_cache(maxsize=None)
+def option_defaults(conf_group_dir: Path) -> dict[str, Flat]:
+    """The options of a config group (``conf/optimizer/*.yaml``) by their ``_target_``, keys flattened."""
+    options: dict[str, Flat] = {}
+    for file in sorted(conf_group_dir.glob("*.yaml")) if conf_group_dir.is_dir() else []:
+        flat = read_yaml_flat(file)
+        if flat is not None and isinstance(flat.get("_target_"), str):
+            options.setdefault(flat["_target_"], flat)
+    return options
+
+
+def switched_groups(configs: Sequence[Flat], keys: Sequence[str]) -> list[str]:
+    """Config groups chosen differently between runs: ``optimizer`` when ``optimizer._target_`` differs.
+
+    Only groups whose ``_target_`` every config has, as text, count; others keep plain labels.
+    """
+    return [
+        key[: -len(_TARGET)]
+        for key in keys
+        if key.endswith(_TARGET) and all(isinstance(config.get(key), str) for config in configs)
+    ]
+
+
+def shown_option_keys(config: Flat, configs: Sequence[Flat], keys: Sequence[str], prefix: str,
+                      conf_dir: Path) -> list[str]:
+    """The differing ``prefix.*`` keys worth naming next to the option's name in ``config``'s label.
+
+    A key is named when the run has it and either (a) it varies between the runs that chose the same option
+    (the same ``_target_``), so it tells those groups apart, or (b) the run's value is not the option's
+    default in ``conf_dir/<prefix>/*.yaml`` (a key the default file lacks counts as not default). Keys that
+    differ only because the options differ (TRPO's ``delta`` vs VPG's ``pi_lr``) are left out. Without the
+    option's file, (b) never holds: a value shared by all runs of the option is taken as the option's own.
+    """
+    target = config[prefix + _TARGET]
+    same_option = [c for c in configs if c.get(prefix + _TARGET) == target]
+    defaults = option_defaults(conf_dir / prefix.replace(".", "/")).get(target)
+    shown = []
+    for key in keys:
+        if not key.startswith(prefix + ".") or key == prefix + _TARGET or key not in config:
+            continue
+        varies = len({repr(c.get(key, _MISSING)) for c in same_option}) > 1
+        leaf = key[len(prefix) + 1:]
+        not_default = defaults is not None and not same_value(defaults.get(leaf, _MISSING), config[key])
+        if varies or not_default:
+            shown.append(key)
+    return shown
+
+
+def option_label(config: Flat, configs: Sequence[Flat], keys: Sequence[str], prefixes: Sequence[str],
+                 conf_dir: Path) -> str:
+    """A label like ``VPG pi_lr=0.01, env.id=Hopper-v5`` (see :func:`group_labels`)."""
+    parts = []
+    for prefix in prefixes:
+        shown = shown_option_keys(config, configs, keys, prefix, conf_dir)
+        settings = [f"{key[len(prefix) + 1:]}={format_value(config[key])}" for key in shown]
+        parts.append(" ".join([short_target(config[prefix + _TARGET]), *settings]))
+    own = tuple(prefix + "." for prefix in prefixes)
+    parts += [f"{key}={format_value(config.get(key, _MISSING))}" for key in keys if not key.startswith(own)]
+    return ", ".join(parts)
+
+
+def group_labels(configs: Sequence[Flat], conf_dir: Path = CONF_DIR) -> list[str]:
+    """One label per config (each config standing for one group), telling the groups apart.
+
+    The rule: when every config has a ``_target_`` for a config group (``optimizer._target_``) and the
+    targets differ -- runs of ``optimizer=trpo`` vs ``optimizer=vpg`` -- that group's part of the label is the
+    target's class name (``TRPO``, ``VPG``, ``NPG``) followed by only those of its differing keys, without
+    the ``optimizer.`` prefix, that :func:`shown_option_keys` names: ``VPG pi_lr=0.01``, not every key in
+    which VPG's config differs from TRPO's. The other differing keys follow as ``key=value``. Otherwise, and
+    should two groups end up with the same label, every differing key is listed as ``key=value``
+    (``optimizer.delta=0.05``), or ``all runs`` when none differs.
+    """
+    keys = differing_keys(configs)
+    prefixes = switched_groups(configs, keys)
+    plain = [plain_label(config, keys) for config in configs]
+    if not prefixes:
+        return plain
+    labels = [option_label(config, configs, keys, prefixes, conf_dir) for config in configs]
+    return labels if len(set(labels)) == len(labels) else plain
+
+
+def group_runs(runs: Sequence[Run], conf_dir: Path = CONF_DIR) -> list[Group]:
     """Split runs into groups by the config values that differ between them, the seed pooled.
 
     Runs without a readable config cannot be placed, so they form one group of their own. Groups are sorted
-    by their values (numbers numerically). With nothing differing, all runs form one group, "all runs".
+    by their values (numbers numerically) and labelled by :func:`group_labels`. With nothing differing, all
+    runs form one group, "all runs".
     """
     with_config = [run for run in runs if run.config is not None]
     keys = differing_keys([run.config for run in with_config])
@@ -249,11 +398,12 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     def values(run: Run) -> list[Any]:
         return [run.config.get(key, _MISSING) for key in keys]
 
-    by_label: dict[str, Group] = {}  # insertion-ordered: sorting the runs first sorts the groups
+    by_values: dict[str, list[Run]] = {}  # insertion-ordered: sorting the runs first sorts the groups
     for run in sorted(with_config, key=lambda run: [value_sort_key(v) for v in values(run)]):
-        label = ", ".join(f"{key}={format_value(v)}" for key, v in zip(keys, values(run))) or "all runs"
-        by_label.setdefault(label, Group(label)).runs.append(run)
-    groups = list(by_label.values())
+        by_values.setdefault(plain_label(run.config, keys), []).append(run)
+    members = list(by_values.values())
+    labels = group_labels([group[0].config for group in members], conf_dir)
+    groups = [Group(label, group) for label, group in zip(labels, members)]
     without_config = [run for run in runs if run.config is None]
     if without_config:
         groups.append(Group("(no .hydra/config.yaml)", without_config))
@@ -278,14 +428,15 @@ def common_steps_reached(runs: Sequence[Run]) -> int:
     return min(reached) if reached else 0
 
 
-def group_curve(runs: Sequence[Run]) -> Optional[Curve]:
-    """Mean and std of AverageEpRet over the group's runs, at each env step.
+def group_curve(runs: Sequence[Run], key: str = "AverageEpRet") -> Optional[Curve]:
+    """Mean and std of a progress.csv column (AverageEpRet unless told) over the group's runs, at each env step.
 
     Runs of unequal length (one still going, one stopped early) are handled by cutting every run at the steps
     all of them reached, so each point of the curve averages the same runs -- no interpolation, and no mean
     that jumps when a seed drops out. Runs of one group share ``steps_per_epoch``, so their steps coincide; a
-    step that some run lacks counts as NaN for that run. NaN returns (epochs in which no episode finished)
-    are left out of that step's mean; a step where every run has NaN stays NaN, a gap in the line.
+    step that some run lacks counts as NaN for that run. NaN values (for returns: epochs in which no episode
+    finished; for any column: empty cells) are left out of that step's mean; a step where every run has NaN
+    stays NaN, a gap in the line.
     """
     logged = [run for run in runs if len(run.steps)]
     if not logged:
@@ -295,7 +446,7 @@ def group_curve(runs: Sequence[Run]) -> Optional[Curve]:
     table = np.full((len(logged), len(steps)), np.nan)
     for row, run in enumerate(logged):
         keep = run.steps <= end
-        table[row, np.searchsorted(steps, run.steps[keep])] = run.returns[keep]
+        table[row, np.searchsorted(steps, run.steps[keep])] = run.column(key)[keep]
     with warnings.catch_warnings():  # all-NaN columns: "Mean of empty slice", the result NaN is intended
         warnings.simplefilter("ignore", RuntimeWarning)
         return Curve(steps, np.nanmean(table, axis=0), np.nanstd(table, axis=0))
@@ -305,6 +456,70 @@ def final_return(run: Run, end: int) -> float:
     """A run's last finite AverageEpRet at or before ``end`` env steps; NaN if it has none."""
     finite = np.isfinite(run.returns) & (run.steps <= end)
     return float(run.returns[finite][-1]) if finite.any() else math.nan
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One extra column of the group table (``--metrics``): its header and, per run, the values it averages."""
+
+    header: str
+    values: Callable[[Run], np.ndarray]  # one value per epoch; NaN where the run logged none
+    percent: bool = False  # the values are 0/1 per epoch, shown as a percentage of epochs
+    note: str = ""  # what the column means, for the notes under the table
+
+
+def epoch_seconds(run: Run) -> np.ndarray:
+    """Seconds per epoch: SampleTime + UpdateTime where the run logged them, else the increments of the
+    cumulative ``Time`` (which also count evaluation, logging and checkpoints)."""
+    sample, update = run.column("SampleTime"), run.column("UpdateTime")
+    if np.isfinite(sample).any() or np.isfinite(update).any():
+        return sample + update
+    return np.diff(run.column("Time"), prepend=0.0)
+
+
+def backtracked(run: Run) -> np.ndarray:
+    """Per epoch, 1 if the line search backtracked (BacktrackIters > 0), 0 if not, NaN where not logged."""
+    iters = run.column("BacktrackIters")
+    return np.where(np.isfinite(iters), (iters > 0).astype(float), np.nan)
+
+
+def metrics_for(key: str) -> list[Metric]:
+    """The group-table columns that ``--metrics KEY`` adds: ``KEY`` itself for most columns, and
+
+    - ``Time``: ``s/epoch``, see :func:`epoch_seconds`;
+    - ``KLExceeded``, ``SurrogateWorse`` (0/1 per epoch): ``KEY % of epochs``;
+    - ``BacktrackIters``: the mean iterations, and ``backtracked %``, the share of epochs with any.
+    """
+    def column(run: Run) -> np.ndarray:
+        return run.column(key)
+
+    if key == "Time":
+        return [Metric("s/epoch", epoch_seconds, note="s/epoch: seconds per epoch, SampleTime + UpdateTime "
+                       "(where a run lacks them: the increments of the cumulative Time)")]
+    if key in INDICATOR_KEYS:
+        header = f"{key} % of epochs"
+        return [Metric(header, column, percent=True, note=f"{header}: epochs with {key}=1")]
+    if key == "BacktrackIters":
+        note = "backtracked %: epochs with BacktrackIters > 0"
+        return [Metric(key, column), Metric("backtracked %", backtracked, percent=True, note=note)]
+    return [Metric(key, column)]
+
+
+def metric_stats(metric: Metric, runs: Sequence[Run]) -> tuple[float, float, int]:
+    """(mean, std, runs with a value) of a metric over a group, in percent for a 0/1 metric.
+
+    The mean pools every logged epoch of every run (all epochs, not cut at the steps all runs reached); the
+    std is over runs, of each run's own mean over its epochs. Empty cells (NaN) count nowhere, so a run that
+    never logged the key does not count (VPG has no KLExceeded).
+    """
+    per_run = [values[np.isfinite(values)] for values in (metric.values(run) for run in runs)]
+    per_run = [values for values in per_run if values.size]
+    if not per_run:
+        return math.nan, math.nan, 0
+    scale = 100.0 if metric.percent else 1.0
+    mean = float(np.concatenate(per_run).mean()) * scale
+    std = float(np.std([values.mean() for values in per_run])) * scale
+    return mean, std, len(per_run)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,6 +532,21 @@ def format_mean_std(mean: float, std: float, count: int, total: int) -> str:
         return "–"
     text = f"{mean:.2f} ± {std:.2f}"
     return text if count == total else f"{text} (n={count})"
+
+
+def format_number(value: float) -> str:
+    """3 significant digits, and no exponent from 1000 on: ``0.00935``, ``1.23``, ``678``, ``12346``."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def metric_cell(metric: Metric, runs: Sequence[Run]) -> str:
+    """``0.00935 ± 0.0001``, ``12.5 ± 2.5`` for a percentage, ``(n=k)`` added when only k runs had values,
+    ``n/a`` when none had (the column is empty for this kind of run)."""
+    mean, std, count = metric_stats(metric, runs)
+    if count == 0:
+        return "n/a"
+    text = f"{mean:.1f} ± {std:.1f}" if metric.percent else f"{format_number(mean)} ± {format_number(std)}"
+    return text if count == len(runs) else f"{text} (n={count})"
 
 
 def steps_text(runs: Sequence[Run]) -> str:
@@ -342,7 +572,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     return [line(header), "|" + "|".join("---" for _ in header) + "|", *(line(row) for row in rows)]
 
 
-def group_row(group: Group) -> list[str]:
+def group_row(group: Group, metrics: Sequence[Metric] = ()) -> list[str]:
+    """One group's row: runs, seeds, final returns, steps, status, then one cell per metric."""
     runs = group.runs
     end = common_steps_reached(runs)
     evals = [r.eval_return for r in runs if r.eval_return is not None]
@@ -357,6 +588,7 @@ def group_row(group: Group) -> list[str]:
         format_mean_std(*mean_std(finals), len(finals), len(runs)),
         steps_text(runs),
         status_counts(runs),
+        *(metric_cell(metric, runs) for metric in metrics),
     ]
 
 
@@ -380,28 +612,66 @@ def relative(path: Path, base: Path) -> Path:
         return path
 
 
-def markdown_report(groups: Sequence[Group], base: Path) -> str:
-    """Both tables: one row per group, then one row per run."""
+def markdown_report(groups: Sequence[Group], base: Path, metrics: Sequence[Metric] = (),
+                    figure: str = PNG_NAME) -> str:
+    """Both tables: one row per group (with a column per metric), then one row per run."""
     lines = ["## Groups", ""]
     lines += markdown_table(
-        ["group", "runs", "seeds", "final EvalEpRet", "final AverageEpRet", "steps reached", "status"],
-        [group_row(group) for group in groups],
+        ["group", "runs", "seeds", "final EvalEpRet", "final AverageEpRet", "steps reached", "status",
+         *(metric.header for metric in metrics)],
+        [group_row(group, metrics) for group in groups],
     )
     lines += [
         "",
         "Mean ± std over the group's runs (population std). EvalEpRet: the deterministic evaluation at the end",
         "of finished runs. AverageEpRet: each run's last value at the steps all runs of the group reached (the",
-        "end of the group's curve in compare.png). `(n=k)`: only k runs had a value. Steps reached: the env",
+        f"end of the group's curve in {figure}). `(n=k)`: only k runs had a value. Steps reached: the env",
         "steps every run of the group reached, `(max N)` when some run went further.",
-        "",
-        "## Runs",
-        "",
     ]
+    if metrics:
+        lines += [
+            "",
+            "Metric columns: the mean over all logged epochs of all the group's runs ± the std over runs of each",
+            "run's mean; `n/a`: no run of the group logged the column (e.g. VPG has no KLExceeded).",
+            *(f"{metric.note}." for metric in metrics if metric.note),
+        ]
+    lines += ["", "## Runs", ""]
     lines += markdown_table(
         ["group", "seed", "dir", "steps", "last AverageEpRet", "EvalEpRet", "status"],
         [run_row(group, run, base) for group in groups for run in group.runs],
     )
     return "\n".join(lines) + "\n"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description() -> str:
+    """e.g. ``Linux-6.8.0-x86_64-with-glibc2.39, AMD EPYC 7B13, 2 logical CPUs``."""
+    cpus = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    count = f"{cpus} logical CPUs" if usable == cpus else f"{usable} of {cpus} logical CPUs usable"
+    return f"{platform.platform()}, {cpu_model()}, {count}"
+
+
+def provenance(argv: Sequence[str]) -> str:
+    """The lines saying when, where and by which command the report was made."""
+    made = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    command = shlex.join(["python", "-m", "trpo.compare", *argv])
+    return (
+        f"Made {made} on {machine_description()}.\n"
+        "(That is where this report was made; its timings come from the machines that ran the runs.)\n\n"
+        f"Command:\n\n```sh\n{command}\n```\n"
+    )
 
 
 def common_value(runs: Sequence[Run], key: str) -> Optional[Any]:
@@ -412,36 +682,106 @@ def common_value(runs: Sequence[Run], key: str) -> Optional[Any]:
     return next(run.config.get(key) for run in runs if run.config is not None)
 
 
-def plot_curves(groups: Sequence[Group], path: Path) -> None:
-    """Write the learning curves: per group the mean AverageEpRet over seeds, with a ±std band."""
+def group_colors(groups: Sequence[Group]) -> list[str]:
+    """One colour per group, the same in every panel: matplotlib's default cycle C0, C1, ..."""
+    return [f"C{i % 10}" for i in range(len(groups))]
+
+
+def draw_delta(ax: Any, groups: Sequence[Group], colors: Sequence[str]) -> None:
+    """On a KL panel, the KL limit ``optimizer.delta``, dashed: one black line labelled ``delta = ...`` when
+    every group that has one delta shares it (VPG has none), else a line in each such group's colour."""
+    deltas = [common_value(group.runs, "optimizer.delta") for group in groups]
+    deltas = [delta if is_number(delta) else None for delta in deltas]
+    distinct = {delta for delta in deltas if delta is not None}
+    if len(distinct) == 1:
+        [delta] = distinct
+        ax.axhline(delta, color="black", linestyle="--", linewidth=1, label=f"delta = {format_value(delta)}")
+    elif distinct:
+        for delta, color in zip(deltas, colors):
+            if delta is not None:
+                ax.axhline(delta, color=color, linestyle="--", linewidth=1)
+        ax.plot([], [], color="gray", linestyle="--", linewidth=1, label="delta of each group")  # legend only
+    if distinct:
+        ax.legend(loc="best", fontsize="small")
+
+
+def draw_curve(ax: Any, curve: Curve, color: str, marker: Optional[str], label: Optional[str] = None) -> None:
+    """A group's mean line and its ±std band."""
+    ax.plot(curve.steps, curve.mean, color=color, marker=marker, markersize=3, label=label)
+    ax.fill_between(curve.steps, curve.mean - curve.std, curve.mean + curve.std, color=color, alpha=0.2,
+                    linewidth=0)
+
+
+def draw_panel(ax: Any, groups: Sequence[Group], colors: Sequence[str], key: str, marker: Optional[str]) -> None:
+    """One ``--panels`` subplot: the mean ± std over seeds of ``key`` per group, no legend of its own."""
+    drawn = False
+    for group, color in zip(groups, colors):
+        curve = group_curve(group.runs, key)
+        if curve is not None and np.isfinite(curve.mean).any():
+            draw_curve(ax, curve, color, marker)
+            drawn = True
+    if key == "KL":
+        draw_delta(ax, groups, colors)
+    ax.set_ylabel(f"{key} (0/1, mean over seeds)" if key in INDICATOR_KEYS else key)
+    ax.grid(alpha=0.3)
+    if not drawn:
+        ax.text(0.5, 0.5, f"no run logged {key}", ha="center", va="center", transform=ax.transAxes)
+
+
+def default_title(groups: Sequence[Group]) -> str:
+    """``TRPO learning curves on Hopper-v5: mean ± std over seeds``: the update rule's name when all runs
+    share one (``TRPO`` when no config names one), plain ``Learning curves`` when they differ."""
+    runs = [run for group in groups for run in group.runs]
+    env_id = common_value(runs, "env.id")
+    target = common_value(runs, "optimizer._target_")
+    targets = {run.config.get("optimizer._target_") for run in runs if run.config is not None}
+    if isinstance(target, str):
+        name = f"{short_target(target)} learning curves"
+    else:
+        name = "TRPO learning curves" if targets <= {None} else "Learning curves"
+    return f"{name}{f' on {env_id}' if env_id else ''}: mean ± std over seeds"
+
+
+def make_figure(groups: Sequence[Group], panels: Sequence[str] = (), title: Optional[str] = None) -> Any:
+    """The learning curves: per group the mean AverageEpRet over seeds, with a ±std band; below them one
+    panel per key in ``panels`` (same colours, shared x axis). ``title`` replaces the default title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curves = [(group, group_curve(group.runs)) for group in groups]
+    colors = group_colors(groups)
     longest = max((len(curve.steps) for _, curve in curves if curve is not None), default=0)
     marker = "o" if longest <= 30 else None  # with few epochs, dots show where the data points are
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for group, curve in curves:
+    fig, axes = plt.subplots(1 + len(panels), 1, sharex=True, squeeze=False, dpi=120,
+                             figsize=(8, 5 + 2.5 * len(panels)), height_ratios=[2] + [1] * len(panels))
+    ax = axes[0, 0]
+    for (group, curve), color in zip(curves, colors):
         if curve is None:  # still listed, so a failed setting does not silently vanish from the figure
             ax.plot([], [], " ", color="none", label=f"{group.label}: no epochs logged ({status_counts(group.runs)})")
             continue
         seeds = sum(1 for run in group.runs if len(run.steps))
-        (line,) = ax.plot(curve.steps, curve.mean, marker=marker, markersize=3,
-                          label=f"{group.label} ({seeds} seed{'s' if seeds != 1 else ''})")
-        ax.fill_between(curve.steps, curve.mean - curve.std, curve.mean + curve.std,
-                        color=line.get_color(), alpha=0.2, linewidth=0)
-    env_id = common_value([run for group in groups for run in group.runs], "env.id")
-    ax.set_title(f"TRPO learning curves{f' on {env_id}' if env_id else ''}: mean ± std over seeds")
-    ax.set_xlabel("environment steps (TotalEnvInteracts)")
+        draw_curve(ax, curve, color, marker, label=f"{group.label} ({seeds} seed{'s' if seeds != 1 else ''})")
+    ax.set_title(default_title(groups) if title is None else title)
     ax.set_ylabel("average episode return (AverageEpRet, undiscounted)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     if longest == 0:
         ax.text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center", transform=ax.transAxes)
+    for key, panel in zip(panels, axes[1:, 0]):
+        draw_panel(panel, groups, colors, key, marker)
+    axes[-1, 0].set_xlabel("environment steps (TotalEnvInteracts)")
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(groups: Sequence[Group], path: Path, panels: Sequence[str] = (), title: Optional[str] = None) -> None:
+    """Write :func:`make_figure`'s figure to ``path``."""
+    fig = make_figure(groups, panels, title)
+    import matplotlib.pyplot as plt
+
     fig.savefig(path)
     plt.close(fig)
 
@@ -462,6 +802,21 @@ def collect_runs(dirs: Sequence[Path]) -> list[Run]:
     return runs
 
 
+def key_list(text: str) -> list[str]:
+    """``"KL, BacktrackIters"`` -> ``["KL", "BacktrackIters"]``."""
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError("expected KEY[,KEY...], e.g. KL,BacktrackIters")
+    return keys
+
+
+def file_name(text: str) -> str:
+    """An output file name without extension; no path separators (``--out-dir`` says where)."""
+    if not text or "/" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain file name (use --out-dir for the directory)")
+    return text
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m trpo.compare",
@@ -470,11 +825,30 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("dirs", metavar="DIR", nargs="+", type=Path,
                         help="a sweep dir, a run dir, or a dir holding run dirs (e.g. outputs/)")
+    parser.add_argument("--metrics", metavar="KEY[,KEY...]", type=key_list, default=[],
+                        help="progress.csv columns to add to the group table: per group the mean over all epochs "
+                        "of all runs ± std over runs (KLExceeded, SurrogateWorse as %% of epochs; BacktrackIters "
+                        "also as 'backtracked %%'; Time as seconds per epoch)")
+    parser.add_argument("--panels", metavar="KEY[,KEY...]", type=key_list, default=[],
+                        help="progress.csv columns to plot under the returns, one panel each, against env steps "
+                        "(a KL panel shows the KL limit delta dashed)")
+    parser.add_argument("--name", type=file_name, default=DEFAULT_NAME,
+                        help=f"write NAME.png and NAME.md (default: {DEFAULT_NAME})")
+    parser.add_argument("--out-dir", type=Path, default=None, metavar="OUT",
+                        help="directory for the two files, made if missing (default: the first DIR)")
+    parser.add_argument("--title", default=None, help="the figure's title (default: TRPO learning curves on ENV...)")
     return parser.parse_args(argv)
 
 
+def unknown_keys(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
+    """The keys that are no column of any run's progress.csv (likely typos); none when no run has a file."""
+    known = {name for run in runs for name in run.columns}
+    return [key for key in keys if known and key not in known]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Returns the exit status: 0, or 2 when a DIR is missing or no run is found."""
+    """Returns the exit status: 0, or 2 when a DIR is missing, no run is found, or a KEY is no column."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     for root in args.dirs:
         if not root.is_dir():
@@ -486,13 +860,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: no runs found under {where} (expected progress.csv files written by launch.py)",
               file=sys.stderr)
         return 2
+    for option, keys in (("--metrics", args.metrics), ("--panels", args.panels)):
+        unknown = unknown_keys(runs, keys)
+        if unknown:
+            known = sorted({name for run in runs for name in run.columns})
+            print(f"error: {option} {','.join(unknown)}: no such column in progress.csv "
+                  f"(columns: {', '.join(known)})", file=sys.stderr)
+            return 2
     groups = group_runs(runs)
-    out_dir = args.dirs[0]
-    report = markdown_report(groups, out_dir)
-    (out_dir / MD_NAME).write_text(f"# Comparison of {len(runs)} runs\n\n" + report)
-    plot_curves(groups, out_dir / PNG_NAME)
+    metrics = [metric for key in args.metrics for metric in metrics_for(key)]
+    out_dir = args.out_dir if args.out_dir is not None else args.dirs[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, md = out_dir / f"{args.name}.png", out_dir / f"{args.name}.md"
+    report = markdown_report(groups, args.dirs[0], metrics, figure=png.name)
+    md.write_text(f"# Comparison of {len(runs)} runs\n\n{provenance(argv)}\n{report}")
+    plot_curves(groups, png, args.panels, args.title)
     print(report)
-    print(f"wrote {out_dir / PNG_NAME} and {out_dir / MD_NAME}")
+    print(f"wrote {png} and {md}")
     return 0
 
 
