@@ -207,13 +207,22 @@ def validate(cfg: DictConfig) -> None:
     _check_env_id(plain["env"]["id"])
 
 
+def _job_dir(resume: Optional[str], checkpoint: Optional[str], default: str) -> str:
+    stamp = Path(default).name
+    if resume:
+        return f"{resume}/resumes/{stamp}"
+    if checkpoint:
+        run_dir = Path(checkpoint).parent if checkpoint.endswith(".pt") else Path(checkpoint)
+        return f"{run_dir}/evals/{stamp}"
+    return default
+
+
 def register_resolvers() -> None:
-    """``${job_dir:RESUME,DEFAULT}``: where Hydra puts a job's own files. A resumed run writes on in its old
-    directory; the resume command's own Hydra files go to ``RUN_DIR/resumes/`` so the run's saved config stays."""
+    """``${job_dir:RESUME,CHECKPOINT,DEFAULT}``: where Hydra puts a job's own files. A resumed run writes on in its
+    old directory, so the resume command's Hydra files go to ``RUN_DIR/resumes/`` and the run's saved config
+    stays; an evaluation writes into ``RUN_DIR/evals/``, beside the run it evaluates."""
     if not OmegaConf.has_resolver("job_dir"):
-        OmegaConf.register_new_resolver(
-            "job_dir", lambda resume, default: f"{resume}/resumes/{Path(default).name}" if resume else default
-        )
+        OmegaConf.register_new_resolver("job_dir", _job_dir)
 
 
 def _check_env_id(env_id: str) -> None:

@@ -76,6 +76,7 @@ class WandbLogger:
         name: Optional[str],
         run_id: Optional[str] = None,
         init_timeout: float = 30.0,
+        job_type: str = "train",
     ):
         import wandb
 
@@ -87,7 +88,7 @@ class WandbLogger:
             group=group,
             tags=list(tags),
             name=name,
-            job_type="train",
+            job_type=job_type,
             id=run_id,
             resume="allow" if run_id else None,
         )

@@ -26,14 +26,11 @@ from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from trpo.config import ConfigError, validate
 from trpo.envs import make_env_batch
-from trpo.evaluation import evaluate
+from trpo.evaluation import EVAL_SEED_OFFSET, evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
 from trpo.networks import ValueFunction, make_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler
 from trpo.sampler import Sampler
-
-# Seeds of evaluation episodes are offset so they never replay a training episode's start.
-EVAL_SEED_OFFSET = 1_000_000
 
 
 @dataclass
@@ -172,7 +169,12 @@ class Runner:
                 last_epoch = epoch == cfg.epochs - 1
                 if last_epoch:
                     eval_returns = evaluate(
-                        policy, cfg.env.id, cfg.env.max_ep_len, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET
+                        policy,
+                        cfg.env.id,
+                        cfg.env.max_ep_len,
+                        cfg.eval.episodes,
+                        cfg.seed + EVAL_SEED_OFFSET,
+                        obs_filter=obs_normalizer,  # frozen: evaluate() only applies it
                     )
                     row["EvalEpRet"] = float(np.mean(eval_returns))
                 csv_logger.log(row)

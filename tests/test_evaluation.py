@@ -1,0 +1,244 @@
+"""task=eval: a saved run's policy scored with deterministic episodes, eval.json, MP4 videos, W&B, one-line refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, compose_config, inspect_wandb, launch, wandb_runs
+from trpo.checkpoint import CheckpointError, load_checkpoint
+from trpo.config import ConfigError
+from trpo.envs import make_env
+from trpo.evaluation import (
+    EVAL_SEED_OFFSET,
+    RenderingError,
+    choose_mujoco_gl,
+    evaluate,
+    evaluate_checkpoint,
+    frozen_obs_normalizer,
+    trained_config,
+    uses_mujoco,
+)
+from trpo.networks import make_policy
+
+TRAIN = [*TINY, "logger.mode=disabled", "sampler.workers=0"]  # eval.episodes=2 at the end of training
+PRINTED = re.compile(r"^EvalEpRet (-?\d+\.\d\d) ± (\d+\.\d\d) over (\d+) episodes?$", re.MULTILINE)
+
+
+def train(run_dir: Path, *overrides: str) -> Path:
+    result = launch([*overrides, *TRAIN, f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def run_eval(run_dir: Path | str, out: Path, *overrides: str):
+    return launch(["task=eval", f"checkpoint={run_dir}", "logger.mode=disabled", *overrides, f"hydra.run.dir={out}"])
+
+
+def final_eval_ep_ret(run_dir: Path) -> float:
+    with open(run_dir / "progress.csv") as f:
+        return float(list(csv.DictReader(f))[-1]["EvalEpRet"])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """A CartPole run, and a MuJoCo run whose episodes are at most 10 steps (quick to film), trained side by side."""
+    root = tmp_path_factory.mktemp("trained")
+    jobs = {
+        "cartpole": ["env=cartpole"],
+        "pendulum": ["env=inverted_pendulum", "env.max_ep_len=10"],
+    }
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {name: pool.submit(train, root / name, *overrides) for name, overrides in jobs.items()}
+    return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(trained_runs: dict[str, Path]) -> Path:
+    return trained_runs["cartpole"]
+
+
+@pytest.fixture(scope="module")
+def pendulum_run(trained_runs: dict[str, Path]) -> Path:
+    return trained_runs["pendulum"]
+
+
+def loaded_cartpole_policy(run_dir: Path):
+    env = make_env("CartPole-v1", 500)
+    policy = make_policy(env.observation_space, env.action_space, [64, 64], "tanh", -0.5)
+    policy.load_state_dict(load_checkpoint(run_dir)["policy"])
+    return policy
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_eval_prints_and_writes_the_same_returns_each_time(cartpole_run: Path, tmp_path: Path) -> None:
+    """eval.episodes=3 prints mean ± std, eval.json holds the 3 returns; a second run (given the checkpoint file
+    itself) gives the same numbers, and so does evaluate() on the loaded policy in this process. The first two
+    episodes are the training run's final evaluation (same seeds, same policy). seed=7 on the command line is used."""
+    commands = {
+        "first": (cartpole_run, "eval.episodes=3"),
+        "again": (cartpole_run / "checkpoint.pt", "eval.episodes=3"),
+        "seed7": (cartpole_run, "eval.episodes=2", "seed=7"),
+    }
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {name: pool.submit(run_eval, args[0], tmp_path / name, *args[1:]) for name, args in commands.items()}
+    results = {}
+    for name, future in futures.items():
+        result = future.result()
+        assert result.returncode == 0, result.stderr
+        [(mean, std, n)] = PRINTED.findall(result.stdout)
+        data = json.loads((tmp_path / name / "eval.json").read_text())
+        assert int(n) == data["episodes"] == len(data["returns"]) == len(data["lengths"])
+        assert float(mean) == pytest.approx(np.mean(data["returns"]), abs=0.005)
+        assert float(std) == pytest.approx(np.std(data["returns"]), abs=0.005)
+        assert data["mean"] == pytest.approx(np.mean(data["returns"]))
+        assert data["std"] == pytest.approx(np.std(data["returns"]))
+        assert data["checkpoint"] == str((cartpole_run / "checkpoint.pt").resolve())
+        assert data["epoch"] == 2 and data["env_id"] == "CartPole-v1" and data["videos"] == []
+        assert data["lengths"] == [int(r) for r in data["returns"]]  # CartPole: reward 1 per step
+        results[name] = data
+    assert len(results["first"]["returns"]) == 3
+    assert results["first"]["returns"] == results["again"]["returns"]
+    assert results["first"]["seed"] == 0 and results["seed7"]["seed"] == 7
+
+    policy = loaded_cartpole_policy(cartpole_run)
+    assert evaluate(policy, "CartPole-v1", 500, 3, 0 + EVAL_SEED_OFFSET) == results["first"]["returns"]
+    assert evaluate(policy, "CartPole-v1", 500, 2, 7 + EVAL_SEED_OFFSET) == results["seed7"]["returns"]
+    assert final_eval_ep_ret(cartpole_run) == pytest.approx(np.mean(results["first"]["returns"][:2]))
+
+
+def test_eval_video_writes_readable_mp4s_and_a_wandb_eval_run(pendulum_run: Path, tmp_path: Path) -> None:
+    """eval.video=true writes one MP4 per episode, length + 1 frames each (the reset, then every step), without
+    changing the returns; the W&B run is job_type=eval and holds the returns and the videos."""
+    import imageio.v3 as iio
+
+    try:
+        choose_mujoco_gl(dict(os.environ))
+    except RenderingError as error:
+        pytest.skip(str(error))
+    out = tmp_path / "eval"
+    result = run_eval(pendulum_run, out, "eval.episodes=2", "eval.video=true", "logger.mode=offline")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "eval.json").read_text())
+    assert data["videos"] == ["videos/episode-0.mp4", "videos/episode-1.mp4"]
+    assert all(1 <= n <= 10 for n in data["lengths"])
+    for video, length in zip(data["videos"], data["lengths"]):
+        path = out / video
+        assert path.stat().st_size > 0
+        frames = iio.imread(path)
+        assert frames.shape[0] == length + 1 and frames.shape[-1] == 3
+        assert frames.max() > 0  # not a black screen
+    assert final_eval_ep_ret(pendulum_run) == pytest.approx(data["mean"])  # same 2 episodes as in training
+
+    [wandb_file] = wandb_runs(out)
+    [run] = [r["run"] for r in inspect_wandb(wandb_file, summary=False) if r["type"] == "run"]
+    assert run["job_type"] == "eval"
+    logged = inspect_wandb(wandb_file, summary=True)
+    assert logged["summary"]["EvalEpRet"] == pytest.approx(data["mean"])
+    assert logged["summary"]["video/episode-1"]["_type"] == "video-file"
+    assert len(list(wandb_file.parent.glob("files/media/videos/**/*.mp4"))) == 2
+
+
+def test_eval_of_a_dir_without_checkpoint_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run_eval(tmp_path / "empty", tmp_path / "eval")
+    assert_one_line_error(result, "no checkpoint", str(tmp_path / "empty"))
+    assert (tmp_path / "eval" / "error.txt").exists() and not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_eval_of_a_corrupt_checkpoint_is_one_line_naming_the_file(cartpole_run: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(cartpole_run, broken)
+    path = broken / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:10])
+    assert_one_line_error(run_eval(broken, tmp_path / "eval"), str(path), "corrupt")
+
+
+def test_no_working_gl_backend_is_a_one_line_config_error() -> None:
+    """No usable headless OpenGL (here: PyOpenGL forced onto GLX, which neither egl nor osmesa accepts): a
+    RenderingError, which run_from_hydra reports as one line (exit 2) since it is a ConfigError."""
+    environ = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"} | {"PYOPENGL_PLATFORM": "glx"}
+    with pytest.raises(RenderingError) as caught:
+        choose_mujoco_gl(environ)
+    message = str(caught.value)
+    assert "\n" not in message and isinstance(caught.value, ConfigError)
+    for fragment in ("MUJOCO_GL=egl", "MUJOCO_GL=osmesa", "libegl-mesa0", "libosmesa6", "unset PYOPENGL_PLATFORM"):
+        assert fragment in message
+    assert "MUJOCO_GL" not in environ
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In-process pieces
+
+
+def test_eval_refuses_a_checkpoint_from_another_env_or_without_config(cartpole_run: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(cartpole_run, other)
+    config = other / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("CartPole-v1", "Acrobot-v1"))
+    cfg = compose_config(["task=eval", f"checkpoint={other}", "logger.mode=disabled"])
+    with pytest.raises(CheckpointError, match="env_id='CartPole-v1'.*env_id='Acrobot-v1'"):
+        evaluate_checkpoint(cfg, tmp_path / "eval")
+    shutil.rmtree(other / ".hydra")
+    with pytest.raises(CheckpointError, match="config.yaml"):
+        trained_config(other)
+
+
+def test_evaluate_hooks_see_every_episode_and_leave_returns_unchanged() -> None:
+    torch.manual_seed(0)
+    env = make_env("CartPole-v1", 50)
+    policy = make_policy(env.observation_space, env.action_space, [8], "tanh", -0.5)
+    ended: list[tuple[int, float, int]] = []
+    seen: list[np.ndarray] = []
+
+    def identity(obs: np.ndarray) -> np.ndarray:
+        seen.append(obs)
+        return obs
+
+    plain = evaluate(policy, "CartPole-v1", 50, 3, 5)
+    hooked = evaluate(policy, "CartPole-v1", 50, 3, 5, on_episode_end=lambda *e: ended.append(e), obs_filter=identity)
+    assert hooked == plain
+    assert [e[0] for e in ended] == [0, 1, 2] and [e[1] for e in ended] == plain
+    assert sum(e[2] for e in ended) == len(seen)
+
+
+def test_frozen_obs_normalizer() -> None:
+    source = Path("run/checkpoint.pt")
+    assert frozen_obs_normalizer(None, source) is None
+    normalize = frozen_obs_normalizer({"mean": torch.tensor([1.0, -1.0]), "var": torch.tensor([4.0, 0.25]),
+                                       "epsilon": 0.0, "clip": 3.0}, source)
+    assert np.allclose(normalize(np.array([3.0, 1.0])), [1.0, 3.0])  # (3-1)/2, (1+1)/0.5 = 4 clipped to 3
+    normalize = frozen_obs_normalizer({"mean": np.zeros(2), "std": np.full(2, 2.0)}, source)
+    assert np.allclose(normalize(np.array([2.0, -4.0])), [1.0, -2.0])
+    with pytest.raises(CheckpointError, match="obs_normalizer"):
+        frozen_obs_normalizer({"running_sum": 1.0}, source)
+
+
+def test_seed_offset_and_env_kinds() -> None:
+    from trpo import runner
+
+    assert getattr(runner, "EVAL_SEED_OFFSET", EVAL_SEED_OFFSET) == EVAL_SEED_OFFSET
+    assert uses_mujoco("Hopper-v5") and uses_mujoco("InvertedPendulum-v5")
+    assert not uses_mujoco("CartPole-v1") and not uses_mujoco("Pendulum-v1")
