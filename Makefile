@@ -8,10 +8,10 @@ ARGS ?=
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,sweep]'
 	touch $@
 
-.PHONY: help install run test test-all clean
+.PHONY: help install install-bench run test test-all bench docs-figures docs-plots clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,32 @@ test: install ## run the test suite (under 5 minutes on 2 cores)
 
 test-all: install ## run every test, the slow end-to-end ones too
 	$(BIN)/python -m pytest
+
+install-bench: install ## add sb3-contrib, the baseline `make bench` compares against
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+
+bench: install ## speed: env steps/s end to end, update share, peak memory, vs the raw simulator and sb3-contrib
+	$(BIN)/python -m trpo.bench $(ARGS)
+
+DOCS_RUNS := outputs/docs
+COMPARE := $(BIN)/python -m trpo.compare
+docs-figures: install ## rerun every experiment of docs/trpo.md, then redraw its figures (about 2 hours on 2 cores)
+	$(BIN)/python launch.py -m experiment=collapse logger.mode=disabled hydra.sweep.dir=$(DOCS_RUNS)/collapse
+	$(BIN)/python launch.py -m experiment=line_search logger.mode=disabled hydra.sweep.dir=$(DOCS_RUNS)/line_search
+	$(BIN)/python launch.py -m experiment=hparams logger.mode=disabled optimizer.delta=0.005,0.01,0.02,0.05 hydra.sweep.dir=$(DOCS_RUNS)/delta
+	$(BIN)/python launch.py -m experiment=hparams logger.mode=disabled optimizer.lam=0.9,0.97,1.0 hydra.sweep.dir=$(DOCS_RUNS)/lam
+	$(BIN)/python launch.py -m experiment=hparams logger.mode=disabled optimizer.damping_coeff=0.01,0.1,1.0 hydra.sweep.dir=$(DOCS_RUNS)/damping_coeff
+	$(BIN)/python launch.py -m experiment=hparams logger.mode=disabled optimizer.cg_iters=2,10,25 hydra.sweep.dir=$(DOCS_RUNS)/cg_iters
+	$(BIN)/python launch.py -m experiment=hparams logger.mode=disabled optimizer.backtrack_iters=1,3,10 optimizer.delta=0.05 hydra.sweep.dir=$(DOCS_RUNS)/backtrack_iters
+	$(BIN)/python launch.py -m experiment=hparams logger.mode=disabled optimizer.backtrack_coeff=0.5,0.8,0.95 optimizer.delta=0.05 hydra.sweep.dir=$(DOCS_RUNS)/backtrack_coeff
+	$(MAKE) docs-plots
+
+docs-plots: install ## redraw docs/figures/ from the runs under outputs/docs/
+	$(COMPARE) $(DOCS_RUNS)/collapse --metrics KL,Time --panels KL --out-dir docs/figures --name collapse --title "TRPO against vanilla policy gradient, Hopper-v5"
+	$(COMPARE) $(DOCS_RUNS)/line_search --metrics KL,KLExceeded,SurrogateWorse,BacktrackIters,Time --panels KL,BacktrackIters --out-dir docs/figures --name line_search --title "TRPO (line search) against NPG (none), Hopper-v5"
+	for key in delta lam damping_coeff cg_iters backtrack_iters backtrack_coeff; do \
+	  $(COMPARE) $(DOCS_RUNS)/$$key --metrics KL,BacktrackIters,Time --panels KL --out-dir docs/figures --name $$key --title "TRPO: $$key, Hopper-v5" || exit 1; \
+	done
 
 clean: ## remove run outputs (keeps .venv)
 	rm -rf outputs/runs outputs/sweeps

@@ -31,7 +31,7 @@ def test_run_writes_progress_csv_and_wandb_run(tmp_path: Path, env: str) -> None
     assert [int(r["TotalEnvInteracts"]) for r in rows] == [400, 800]
     assert all(math.isfinite(float(r["KL"])) and float(r["KL"]) <= 0.01 * 1.0001 for r in rows)
     assert math.isfinite(float(rows[-1]["EvalEpRet"]))
-    assert (run_dir / "model.pt").exists()
+    assert (run_dir / "checkpoint.pt").exists()
 
     [wandb_file] = wandb_runs(run_dir)
     logged = inspect_wandb(wandb_file, summary=True)

@@ -7,7 +7,9 @@ How Hydra 1.3 handles a failed job, and why this callback is built the way it is
   them in parallel and wait for all of them.
 * Once the launcher returns, the basic sweeper reads every job's ``return_value``, which re-raises the first
   failure: the sweep stops there (exit status 1, with that job's traceback) and ``on_multirun_end`` is never
-  called. The Optuna sweeper does the same when a batch has more failures than ``max_failure_rate`` allows;
+  called. All jobs are one batch unless ``hydra.sweeper.max_batch_size`` is set, so they have all run by then;
+  with batches, the batches after a failed one never start (the summary counts only jobs that started).
+  The Optuna sweeper raises the same way when a batch has more failures than ``max_failure_rate`` allows;
   below that rate it marks the trials failed and goes on, and ``on_multirun_end`` is called.
 * ``on_job_end`` runs wherever the job runs: in this process for the basic launcher, in a worker process for
   joblib, in another process or on another machine for submitit and Ray.
