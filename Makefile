@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,sweep]'
 	touch $@
 
-.PHONY: help install install-bench run test test-all bench docs-figures docs-plots clean
+.PHONY: help install install-bench run test test-all bench docs-figures docs-plots results clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,14 @@ docs-plots: install ## redraw docs/figures/ from the runs under outputs/docs/
 	for key in delta lam damping_coeff cg_iters backtrack_iters backtrack_coeff; do \
 	  $(COMPARE) $(DOCS_RUNS)/$$key --metrics KL,BacktrackIters,Time --panels KL --out-dir docs/figures --name $$key --title "TRPO: $$key, Hopper-v5" || exit 1; \
 	done
+
+results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
+	for task in halfcheetah hopper walker2d; do \
+	  [ -f outputs/results/$$task/2/checkpoint.pt ] || $(BIN)/python launch.py -m experiment=$$task seed=0,1,2 \
+	    hydra/launcher=parallel hydra.launcher.n_jobs=2 sampler.workers=0 logger.mode=disabled \
+	    hydra.sweep.dir=outputs/results/$$task || exit 1; \
+	done
+	$(BIN)/python -m trpo.results
 
 clean: ## remove run outputs (keeps .venv)
 	rm -rf outputs/runs outputs/sweeps
