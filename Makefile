@@ -53,9 +53,10 @@ docs-plots: install ## redraw docs/figures/ from the runs under outputs/docs/
 	  $(COMPARE) $(DOCS_RUNS)/$$key --metrics KL,BacktrackIters,Time --panels KL --out-dir docs/figures --name $$key --title "TRPO: $$key, Hopper-v5" || exit 1; \
 	done
 
+# Rerunning continues: a job whose dir holds a checkpoint resumes from it (a finished one is not trained again).
 results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
 	for task in halfcheetah hopper walker2d; do \
-	  [ -f outputs/results/$$task/2/checkpoint.pt ] || $(BIN)/python launch.py -m experiment=$$task seed=0,1,2 \
+	  $(BIN)/python launch.py -m experiment=$$task seed=0,1,2 \
 	    hydra/launcher=parallel hydra.launcher.n_jobs=2 sampler.workers=0 logger.mode=disabled \
 	    hydra.sweep.dir=outputs/results/$$task || exit 1; \
 	done
