@@ -86,7 +86,9 @@ def test_bad_value_is_refused_with_one_line(tmp_path: Path, override: str, key: 
 
 def test_trpo_learns_cartpole(tmp_path: Path) -> None:
     """TRPO at its defaults measurably learns CartPole within 30k steps: returns far above a random policy's ~22."""
-    cfg = compose_config(["env=cartpole", "logger.mode=disabled", "epochs=15", "steps_per_epoch=2000", "sampler.num_envs=4"])
+    cfg = compose_config(
+        ["env=cartpole", "logger.mode=disabled", "epochs=15", "steps_per_epoch=2000", "sampler.num_envs=4"]
+    )
     final_eval = Runner(cfg, RunIdentity(tmp_path)).run()
     rows = read_progress(tmp_path)
     first, last = float(rows[0]["AverageEpRet"]), float(rows[-1]["AverageEpRet"])

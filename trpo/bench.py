@@ -223,7 +223,8 @@ def format_table(r: dict) -> str:
     p = r["project"]
     raw, sb3 = r["raw_env_steps_per_s"], r["sb3_contrib_steps_per_s"]
     lines = [
-        f"Bench of {r['env']} on {r['machine']}, {r['date']}" + (f", overrides {r['overrides']}" if r["overrides"] else ""),
+        f"Bench of {r['env']} on {r['machine']}, {r['date']}"
+        + (f", overrides {r['overrides']}" if r["overrides"] else ""),
         "",
         "| measure | value |",
         "|---|---|",
@@ -234,7 +235,9 @@ def format_table(r: dict) -> str:
         f"| peak memory (all processes) | {p['peak_rss_mib']:.0f} MiB |",
     ]
     if sb3 is not None:
-        lines.append(f"| sb3-contrib TRPO, same settings | {sb3:,.0f} steps/s (this project: {p['steps_per_s'] / sb3:.1f}x) |")
+        lines.append(
+            f"| sb3-contrib TRPO, same settings | {sb3:,.0f} steps/s (this project: {p['steps_per_s'] / sb3:.1f}x) |"
+        )
     else:
         lines.append("| sb3-contrib TRPO | not installed (`make install-bench`) |")
     if "sampling_scaling" in r:

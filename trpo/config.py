@@ -192,7 +192,9 @@ def validate(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     target = plain.get("optimizer", {}).get("_target_") if isinstance(plain.get("optimizer"), dict) else None
     if target not in OPTIMIZER_SCHEMAS:
-        raise ConfigError(f"optimizer._target_={target!r} is not allowed: must be one of {', '.join(OPTIMIZER_SCHEMAS)}")
+        raise ConfigError(
+            f"optimizer._target_={target!r} is not allowed: must be one of {', '.join(OPTIMIZER_SCHEMAS)}"
+        )
     _check_section(plain, Config, "")
     _check_section(plain["optimizer"], OPTIMIZER_SCHEMAS[target], "optimizer.")
     if any(not isinstance(h, int) or h < 1 for h in plain["policy"]["hidden_sizes"]):

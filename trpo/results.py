@@ -22,7 +22,11 @@ from trpo.compare import Group, collect_runs, machine_description, plot_curves
 ROOT = Path(__file__).resolve().parents[1]
 
 # Task preset -> Gymnasium id, and the goal of the project's results issue (mean over seeds 0, 1, 2).
-TASKS = {"halfcheetah": ("HalfCheetah-v5", 4500.0), "hopper": ("Hopper-v5", 3500.0), "walker2d": ("Walker2d-v5", 5000.0)}
+TASKS = {
+    "halfcheetah": ("HalfCheetah-v5", 4500.0),
+    "hopper": ("Hopper-v5", 3500.0),
+    "walker2d": ("Walker2d-v5", 5000.0),
+}
 # No seed may end below this share of its task's goal.
 SEED_FLOOR = 0.8
 
@@ -62,13 +66,22 @@ def task_row(task: str, env_id: str, goal: float, results_dir: Path, figures_dir
     mean_std = f"{done.mean():.0f} ± {done.std():.0f}" if len(done) else "n/a"
     steps = max(r.steps_reached for r in runs)
     met = len(done) == 3 and done.mean() >= goal and done.min() >= SEED_FLOOR * goal
-    return [env_id, seeds, mean_std, f"{steps:,}", f"{goal:.0f} (no seed < {SEED_FLOOR * goal:.0f})", "yes" if met else "no"]
+    return [
+        env_id,
+        seeds,
+        mean_std,
+        f"{steps:,}",
+        f"{goal:.0f} (no seed < {SEED_FLOOR * goal:.0f})",
+        "yes" if met else "no",
+    ]
 
 
 def write_report(results_dir: Path, out: Path) -> str:
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    rows = [row for task, (env_id, goal) in TASKS.items() if (row := task_row(task, env_id, goal, results_dir, figures))]
+    rows = [
+        row for task, (env_id, goal) in TASKS.items() if (row := task_row(task, env_id, goal, results_dir, figures))
+    ]
     lines = [
         "# Results at 1M env steps",
         "",

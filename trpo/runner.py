@@ -106,7 +106,10 @@ class Runner:
             policy.load_state_dict(checkpoint["policy"])
             value_function.load_state_dict(checkpoint["value_function"])
             update_rule.load_state_dict(checkpoint["update_rule"])
-            for stats, state in ((obs_normalizer, checkpoint["obs_normalizer"]), (reward_scaler, checkpoint["reward_scaler"])):
+            for stats, state in (
+                (obs_normalizer, checkpoint["obs_normalizer"]),
+                (reward_scaler, checkpoint["reward_scaler"]),
+            ):
                 if stats is not None:
                     stats.load_state_dict(state)
             sampler.obs = envs.set_state(checkpoint["envs"])

@@ -77,5 +77,7 @@ class Sampler:
         with torch.inference_mode():
             flat_obs = torch.from_numpy(buffer.obs.reshape(-1, *buffer.obs.shape[2:]))
             flat_actions = torch.from_numpy(buffer.actions.reshape(-1, *buffer.actions.shape[2:]))
-            buffer.logp[:] = self.policy.distribution(flat_obs).log_prob(flat_actions).numpy().reshape(buffer.logp.shape)
+            buffer.logp[:] = (
+                self.policy.distribution(flat_obs).log_prob(flat_actions).numpy().reshape(buffer.logp.shape)
+            )
         return episodes
