@@ -37,7 +37,8 @@ class RunningMeanStd:
 
 
 class ObservationNormalizer:
-    """:math:`\\text{clip}((o - \\mu) / \\sqrt{\\sigma^2 + \\epsilon}, \\pm 10)` with running :math:`\\mu, \\sigma^2`."""
+    r""":math:`\text{clip}((o - \mu) / \sqrt{\sigma^2 + \epsilon}, \pm 10)`, with running :math:`\mu` and
+    :math:`\sigma^2`."""
 
     def __init__(self, shape: tuple, clip: float = 10.0, epsilon: float = 1e-8):
         self.stats = RunningMeanStd(shape)
