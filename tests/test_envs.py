@@ -1,0 +1,56 @@
+"""The env batch: lockstep stepping changes nothing about each env's episodes, in-process or over workers."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from trpo.envs import EnvBatch, SubprocEnvBatch
+
+
+def single_env_rollout(env_id: str, max_ep_len: int, seed: int, actions: np.ndarray) -> tuple[list, list, np.ndarray]:
+    """One plain Gymnasium env driven by ``actions``, reset on episode end: the oracle."""
+    env = gym.make(env_id, max_episode_steps=max_ep_len)
+    obs, _ = env.reset(seed=seed)
+    returns, rewards, total = [], [], 0.0
+    observations = [obs]
+    for action in actions:
+        obs, reward, terminated, truncated, _ = env.step(np.clip(action, env.action_space.low, env.action_space.high))
+        rewards.append(reward)
+        total += reward
+        if terminated or truncated:
+            returns.append(total)
+            total = 0.0
+            obs, _ = env.reset()
+        observations.append(obs)
+    return returns, rewards, np.array(observations, dtype=np.float32)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batched_envs_match_single_envs(workers: int) -> None:
+    """Env i of a batch seeded with s gives the same rewards, observations and episode returns as a lone env
+    seeded with s + i fed the same actions, including episodes that end (time limit 30) and reset mid-batch."""
+    env_id, max_ep_len, num_envs, seed, steps = "Hopper-v5", 30, 3, 7, 80
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(steps, num_envs, 3)).astype(np.float32)
+    batch = EnvBatch(env_id, max_ep_len, num_envs) if workers == 0 else SubprocEnvBatch(env_id, max_ep_len, num_envs, 2)
+    try:
+        obs = [batch.reset(seed=seed)]
+        rewards, finished = [], []
+        for t in range(steps):
+            result = batch.step(actions[t])
+            obs.append(result.obs)
+            rewards.append(result.rewards)
+            finished += result.finished_returns
+    finally:
+        batch.close()
+    obs, rewards = np.array(obs), np.array(rewards)
+    all_returns = []
+    for i in range(num_envs):
+        returns, env_rewards, env_obs = single_env_rollout(env_id, max_ep_len, seed + i, actions[:, i])
+        np.testing.assert_array_equal(rewards[:, i], env_rewards)
+        np.testing.assert_array_equal(obs[:, i], env_obs)
+        all_returns += returns
+        assert len(returns) >= 2  # episodes did end and reset inside the test
+    assert sorted(finished) == pytest.approx(sorted(all_returns))
