@@ -39,6 +39,9 @@ def tiny_cartpole_cfg() -> DictConfig:
 def launch(args: list[str], cwd: Path = ROOT, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``python launch.py ARGS`` as a user would, W&B offline, and return the finished process."""
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    # A launched run must start its own W&B service: attached to this process's, a killed child's run id
+    # would stay registered there and a resume of it would be refused.
+    env.pop("WANDB_SERVICE", None)
     return subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), *args],
         cwd=cwd,

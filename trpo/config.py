@@ -211,11 +211,14 @@ def validate(cfg: DictConfig) -> None:
 
 def _job_dir(resume: Optional[str], checkpoint: Optional[str], default: str) -> str:
     stamp = Path(default).name
-    if resume:
+    # Only beside a real run: a mistyped RESUME or CHECKPOINT must not be created by Hydra; its refusal
+    # (error.txt) goes to the default dir.
+    if resume and (Path(resume) / ".hydra" / "config.yaml").is_file():
         return f"{resume}/resumes/{stamp}"
     if checkpoint:
         run_dir = Path(checkpoint).parent if checkpoint.endswith(".pt") else Path(checkpoint)
-        return f"{run_dir}/evals/{stamp}"
+        if (run_dir / "checkpoint.pt").is_file():
+            return f"{run_dir}/evals/{stamp}"
     return default
 
 

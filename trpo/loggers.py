@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -60,8 +61,9 @@ class WandbLogger:
     """One W&B run per job, its files under ``run_dir/wandb``; offline by default, so no login is needed.
 
     W&B never stops training: ``online`` without network or key gives up after ``init_timeout`` seconds and
-    falls back to ``offline`` with a warning, and an error while logging disables W&B for the rest of the run
-    with a warning (``progress.csv`` stays complete). ``run_id`` continues an earlier run (resume).
+    falls back to ``offline`` with a warning; if W&B cannot start at all, or fails while logging, it is disabled
+    for the rest of the run with a warning (``progress.csv`` stays complete). ``run_id`` continues an earlier run
+    (resume).
     """
 
     def __init__(
@@ -92,14 +94,17 @@ class WandbLogger:
             id=run_id,
             resume="allow" if run_id else None,
         )
+        init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", init_timeout))  # the user's env var wins
         settings = dict(console="off", quiet=True, x_disable_stats=True, init_timeout=init_timeout)
-        try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **init_args)
-        except Exception as error:
-            if mode != "online":
-                raise
-            warnings.warn(f"W&B online failed ({type(error).__name__}: {error}); logging offline instead")
-            self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **init_args)
+        self.run = None
+        # online falls back to offline; if W&B cannot start at all, the run trains on without it.
+        for attempt in ("online", "offline") if mode == "online" else (mode,):
+            try:
+                self.run = wandb.init(mode=attempt, settings=wandb.Settings(**settings), **init_args)
+                return
+            except Exception as error:
+                fallback = "logging offline instead" if attempt == "online" else "training on without W&B"
+                warnings.warn(f"W&B {attempt} failed ({type(error).__name__}: {error}); {fallback}")
 
     @property
     def run_id(self) -> Optional[str]:

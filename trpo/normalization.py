@@ -71,8 +71,11 @@ class RewardScaler:
         self.epsilon = epsilon
 
     def __call__(self, rewards: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
-        self.returns = self.returns * self.gamma + rewards
-        self.stats.update(self.returns)
+        finite = np.isfinite(rewards)
+        # A non-finite reward (its epoch's update is skipped) restarts that env's return and stays out of the stats.
+        self.returns = np.where(finite, self.returns * self.gamma + rewards, 0.0)
+        if finite.any():
+            self.stats.update(self.returns[finite])
         self.returns[episode_ends] = 0.0
         return np.clip(rewards / np.sqrt(self.stats.var + self.epsilon), -self.clip, self.clip)
 

@@ -76,8 +76,13 @@ class Runner:
         seed_everything(cfg.seed)
         checkpoint = load_checkpoint(self.run_dir) if (self.run_dir / CHECKPOINT_NAME).exists() else None
         if checkpoint is not None:
-            check_compatible(checkpoint, cfg.env.id, cfg.policy.hidden_sizes, cfg.policy.activation)
+            check_compatible(checkpoint, cfg.env.id, cfg.policy.hidden_sizes, cfg.policy.activation, **run_keys(cfg))
             if checkpoint["epoch"] >= cfg.epochs:
+                if checkpoint["eval_ep_ret"] is None:
+                    raise CheckpointError(
+                        f"{self.run_dir} stopped after epoch {checkpoint['epoch']}, before its final evaluation: "
+                        f"continue it with epochs > {checkpoint['epoch']}"
+                    )
                 print(f"{self.run_dir} already finished; EvalEpRet {checkpoint['eval_ep_ret']:.2f}")
                 return checkpoint["eval_ep_ret"]
         envs = make_env_batch(
@@ -115,8 +120,8 @@ class Runner:
             sampler.obs = envs.set_state(checkpoint["envs"])
             torch.set_rng_state(checkpoint["torch_rng"])
             start_epoch, elapsed, wandb_run_id = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["wandb_run_id"]
-            keep_progress_rows(self.run_dir / "progress.csv", start_epoch)
             print(f"resuming {self.run_dir} at epoch {start_epoch}")
+        keep_progress_rows(self.run_dir / "progress.csv", start_epoch)  # no checkpoint: start_epoch 0
         csv_logger = CSVLogger(self.run_dir / "progress.csv", EPOCH_KEYS + ["EvalEpRet"])
         wandb_logger = WandbLogger(
             self.run_dir,
@@ -194,6 +199,7 @@ class Runner:
                                 "env_id": cfg.env.id,
                                 "hidden_sizes": list(cfg.policy.hidden_sizes),
                                 "activation": cfg.policy.activation,
+                                **run_keys(cfg),
                             },
                             "policy": policy.state_dict(),
                             "value_function": value_function.state_dict(),
@@ -214,6 +220,15 @@ class Runner:
             csv_logger.close()
             wandb_logger.close(exit_code)
             envs.close()
+
+
+def run_keys(cfg: DictConfig) -> dict:
+    """Config keys a checkpoint can only be continued with: the update rule and the shape of the batch."""
+    return {
+        "optimizer._target_": cfg.optimizer._target_,
+        "sampler.num_envs": cfg.sampler.num_envs,
+        "steps_per_epoch": cfg.steps_per_epoch,
+    }
 
 
 def guarded_update(update_rule, batch) -> dict[str, float] | None:
@@ -258,7 +273,8 @@ class Progress:
             print(_epoch_line(row), flush=True)
             return
         self.bar.update(row["TotalEnvInteracts"] - self.bar.n)
-        self.bar.set_postfix_str(f"epoch {row['Epoch']} AverageEpRet {row['AverageEpRet']:.1f} KL {row['KL']:.4f}")
+        kl = row.get("KL", float("nan"))  # a skipped update (non-finite numbers) has no KL
+        self.bar.set_postfix_str(f"epoch {row['Epoch']} AverageEpRet {row['AverageEpRet']:.1f} KL {kl:.4f}")
         if "EvalEpRet" in row:
             self.bar.write(_epoch_line(row))
 
@@ -270,7 +286,7 @@ class Progress:
 def _epoch_line(row: dict) -> str:
     line = (
         f"epoch {row['Epoch']:>4}  steps {row['TotalEnvInteracts']:>9}  AverageEpRet {row['AverageEpRet']:>9.2f}  "
-        f"KL {row['KL']:.4f}  time {row['Time']:.1f}s"
+        f"KL {row.get('KL', float('nan')):.4f}  time {row['Time']:.1f}s"
     )
     if "EvalEpRet" in row:
         line += f"  EvalEpRet {row['EvalEpRet']:.2f}"

@@ -1,0 +1,430 @@
+"""Checkpoints: exact resume after a hard kill, env state round trips, atomic writes, safe loading, refusals.
+
+The promises under test are those of ``trpo/checkpoint.py`` and ``trpo/runner.py``: a resumed run gives the
+same ``progress.csv`` rows as one that was never stopped (wall-clock columns aside), a failed write never
+destroys the previous checkpoint, a checkpoint file can never run code, and an unusable checkpoint or run
+dir is refused with one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import trpo.checkpoint
+from tests.conftest import ROOT, TINY, compose_config, inspect_wandb, launch, wandb_runs
+from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
+from trpo.runner import RunIdentity, Runner
+
+WALL_CLOCK = {"Time", "SampleTime", "UpdateTime"}
+
+
+@pytest.fixture(autouse=True)
+def own_wandb_service(monkeypatch):
+    """A run started by launch() gets its own wandb-core. W&B used in this pytest process (an in-process test)
+    leaves WANDB_SERVICE in os.environ; a child inheriting it attaches to this process's service instead, and a
+    child killed with SIGKILL then leaves its run ID registered there ("run ID ... is in use" on resume)."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
+
+def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(Path(run_dir) / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_wall_clock(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+
+
+def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit status 2, no traceback, exactly one line on stderr, naming every word."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+CARTPOLE = ["env=cartpole", *TINY, "sampler.num_envs=2", "sampler.workers=0", "save_freq=1"]
+
+
+def train_in_process(run_dir: Path, overrides: list[str]) -> float:
+    """A run as launch.py makes it (with its .hydra/config.yaml), trained in this process, W&B off."""
+    cfg = compose_config([*overrides, "logger.mode=disabled"])
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return Runner(cfg, RunIdentity(run_dir)).run()
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory) -> Path:
+    """A finished 2-epoch CartPole run dir (checkpoint.pt, progress.csv, .hydra/config.yaml); copy before use."""
+    run_dir = tmp_path_factory.mktemp("cartpole") / "run"
+    train_in_process(run_dir, CARTPOLE)
+    return run_dir
+
+
+# 1. Exact resume after kill -9 ---------------------------------------------------------------------------------
+
+HOPPER = ["env=hopper", "epochs=6", "save_freq=1", "steps_per_epoch=1024", "sampler.num_envs=4", "eval.episodes=2"]
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    """``python launch.py ARGS`` in its own session, so killpg reaches its env workers too."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "launch.py"), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def data_rows(run_dir: Path) -> int:
+    path = run_dir / "progress.csv"
+    if not path.exists():
+        return 0
+    return max(0, sum(1 for line in path.read_text().splitlines() if line.strip()) - 1)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_rows_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL the whole process group mid-run, `resume=A`: same rows as run B that never stopped, no duplicate
+    epochs, and the resumed W&B run continues the first one's id."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    first = start([*HOPPER, f"hydra.run.dir={a}"], tmp_path / "a.log")
+    uninterrupted = start([*HOPPER, f"hydra.run.dir={b}"], tmp_path / "b.log")
+    try:
+        deadline = time.monotonic() + 400
+        while data_rows(a) < 3:
+            assert first.poll() is None, f"run A ended before it was killed:\n{(tmp_path / 'a.log').read_text()}"
+            assert time.monotonic() < deadline, "run A wrote no 3 rows in time"
+            time.sleep(0.1)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == -signal.SIGKILL
+    assert 3 <= data_rows(a) < 6, "the kill must land mid-run, or the test proves nothing"
+
+    resumed = launch([f"resume={a}"], timeout=400)
+    assert resumed.returncode == 0, resumed.stderr
+    assert uninterrupted.wait(timeout=400) == 0, (tmp_path / "b.log").read_text()
+
+    rows_a, rows_b = read_rows(a), read_rows(b)
+    assert [r["Epoch"] for r in rows_a] == [str(e) for e in range(6)]
+    assert without_wall_clock(rows_a) == without_wall_clock(rows_b)
+
+    # Two offline runs in A: the killed one and the resumed one. The killed one's .wandb file may hold nothing
+    # but its header (W&B flushes it every 15 s, and kill -9 reached its wandb-core too), so its id is read from
+    # its directory name, offline-run-<time>-<id>; the resumed one's from the run record it logged.
+    killed_file, resumed_file = wandb_runs(a)  # sorted by start time
+    killed_id = killed_file.parent.name.rsplit("-", 1)[1]
+    [run] = [r["run"] for r in inspect_wandb(resumed_file, summary=False) if r["type"] == "run"]
+    assert run["run_id"] == killed_id
+    assert inspect_wandb(resumed_file, summary=True)["summary"]["EvalEpRet"] == pytest.approx(
+        float(rows_a[-1]["EvalEpRet"])
+    )
+
+
+def test_resume_before_the_first_checkpoint_starts_clean(tmp_path: Path, cartpole_run: Path) -> None:
+    """Killed after some epochs but before the first checkpoint (e.g. save_freq=10): the rerun starts at epoch 0,
+    and progress.csv ends with one row per epoch, not the dead run's rows followed by the new ones."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    (run_dir / CHECKPOINT_NAME).unlink()  # what a kill at epoch 2 of a save_freq=10 run leaves
+    Runner(compose_config([*CARTPOLE, "logger.mode=disabled"]), RunIdentity(run_dir)).run()
+    assert [r["Epoch"] for r in read_rows(run_dir)] == ["0", "1"]
+
+
+# 2. Env state round trip ----------------------------------------------------------------------------------------
+
+
+def random_actions(envs, steps: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    space = envs.action_space
+    if space.shape == ():  # discrete
+        return rng.integers(0, space.n, size=(steps, envs.num_envs)).astype(space.dtype)
+    # float32, as the sampler's policy gives them; a bit beyond the bounds so clipping is exercised too
+    return rng.uniform(-1.2, 1.2, size=(steps, envs.num_envs, *space.shape)).astype(np.float32)
+
+
+def rollout(envs, actions: np.ndarray) -> list[tuple]:
+    out = []
+    for a in actions:
+        s = envs.step(a)
+        out.append((s.obs, s.rewards, s.terminated, s.truncated, s.final_obs, s.finished_returns, s.finished_lengths))
+    return out
+
+
+def assert_same_rollout(got: list[tuple], expected: list[tuple]) -> None:
+    for t, (g, e) in enumerate(zip(got, expected, strict=True)):
+        for name, x, y in zip(("obs", "rewards", "terminated", "truncated", "final_obs", "returns", "lengths"), g, e):
+            assert np.array_equal(np.asarray(x), np.asarray(y)), f"step {t}: {name} differs"
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["EnvBatch", "SubprocEnvBatch"])
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "CartPole-v1"])
+def test_env_state_round_trip(tmp_path: Path, env_id: str, workers: int) -> None:
+    """get_state -> checkpoint file -> set_state on fresh envs: the same observations, rewards and episode ends
+    for the same actions, across episode resets, as the envs that were never restored."""
+    num_envs, max_ep_len = 3, 15
+    envs = make_env_batch(env_id, max_ep_len, num_envs, workers)
+    try:
+        assert isinstance(envs, SubprocEnvBatch if workers else EnvBatch)
+        envs.reset(seed=7)
+        actions = random_actions(envs, 90, seed=1)
+        before = rollout(envs, actions[:40])
+        assert sum(len(step[5]) for step in before) >= num_envs, "no episode ended before the snapshot"
+        state = envs.get_state()
+        assert any("rng_state" in s for s in state), "no env is in an episode begun by a mid-run reset"
+        assert any(len(s["actions"]) > 0 for s in state), "no env is mid-episode"
+        snapshot_obs = before[-1][0]
+        expected = rollout(envs, actions[40:])
+    finally:
+        envs.close()
+    assert sum(len(step[5]) for step in expected) >= num_envs, "no episode ended after the snapshot"
+
+    # Through the checkpoint file, as a resume does (weights_only must accept the RNG states).
+    save_checkpoint(tmp_path, {"envs": state})
+    state = load_checkpoint(tmp_path)["envs"]
+
+    restored = make_env_batch(env_id, max_ep_len, num_envs, workers)
+    try:
+        restored.reset(seed=12345)  # the Sampler resets before a resume restores: set_state must override it
+        obs = restored.set_state(state)
+        assert np.array_equal(obs, snapshot_obs)
+        assert_same_rollout(rollout(restored, actions[40:]), expected)
+    finally:
+        restored.close()
+
+
+def test_env_state_moves_between_envbatch_and_subprocenvbatch() -> None:
+    """A state saved with workers=0 continues identically with workers=2 (a resume may change sampler.workers)."""
+    envs = make_env_batch("CartPole-v1", 15, 3, 0)
+    envs.reset(seed=3)
+    actions = random_actions(envs, 60, seed=2)
+    rollout(envs, actions[:30])
+    state = envs.get_state()
+    expected = rollout(envs, actions[30:])
+    envs.close()
+    restored = make_env_batch("CartPole-v1", 15, 3, 2)
+    try:
+        restored.reset(seed=0)
+        restored.set_state(state)
+        assert_same_rollout(rollout(restored, actions[30:]), expected)
+    finally:
+        restored.close()
+
+
+# 3. Atomic write ------------------------------------------------------------------------------------------------
+
+
+def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
+    """torch.save dies half-way: the old checkpoint.pt is untouched and still loads; the partial
+    checkpoint.pt.tmp is never read as the checkpoint; the next save succeeds."""
+    old = {"epoch": 3, "weights": torch.arange(5.0)}
+    save_checkpoint(tmp_path, old)
+    old_bytes = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        f.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trpo.checkpoint.torch, "save", dying_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, {"epoch": 4, "weights": torch.zeros(5)})
+    monkeypatch.undo()
+
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == old_bytes
+    loaded = load_checkpoint(tmp_path)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], old["weights"])
+
+    save_checkpoint(tmp_path, {"epoch": 4, "weights": torch.zeros(5)})  # a stale .tmp must not block the next save
+    assert load_checkpoint(tmp_path)["epoch"] == 4
+    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+# 4. Loading never executes code ---------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_crafted_checkpoint_is_refused_without_running_code(tmp_path: Path, writer: str) -> None:
+    sentinel = tmp_path / "SENTINEL"
+    payload = {"format": trpo.checkpoint.FORMAT_VERSION, "epoch": 1, "evil": _RunsCode(sentinel)}
+    with open(tmp_path / CHECKPOINT_NAME, "wb") as f:
+        torch.save(payload, f) if writer == "torch.save" else pickle.dump(payload, f)
+    # The file really would run the code if unpickled without restrictions.
+    with open(tmp_path / "probe.pkl", "wb") as f:
+        pickle.dump(_RunsCode(tmp_path / "PROBE"), f)
+    pickle.loads((tmp_path / "probe.pkl").read_bytes())
+    assert (tmp_path / "PROBE").exists()
+
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path)
+    assert not sentinel.exists()
+
+
+# 5. Refusals: one line, exit status 2, no traceback -------------------------------------------------------------
+
+
+def test_resume_of_a_dir_without_a_run_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    # cwd: where a refused resume's own job dir (outputs/runs/...) may go
+    assert_one_line_refusal(launch([f"resume={empty}"], cwd=tmp_path), "resume", str(empty))
+    assert not (empty / "progress.csv").exists() and not (empty / "wandb").exists()
+
+
+@pytest.mark.parametrize("command", [["resume={}"], ["task=eval", "checkpoint={}"]], ids=["resume", "eval"])
+def test_a_mistyped_run_dir_is_not_created(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "typo"
+    args = [a.format(missing) for a in command]
+    assert_one_line_refusal(launch(args, cwd=tmp_path), "typo")
+    assert not missing.exists()
+
+
+def test_eval_of_a_dir_without_checkpoint_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "no_checkpoint"
+    empty.mkdir()
+    run_dir = tmp_path / "eval_job"
+    assert_one_line_refusal(launch(["task=eval", f"checkpoint={empty}", f"hydra.run.dir={run_dir}"]), "checkpoint")
+    assert not (run_dir / "wandb").exists()
+
+
+def test_resume_with_a_truncated_checkpoint_is_refused(tmp_path: Path, cartpole_run: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    path = run_dir / CHECKPOINT_NAME
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    rows = (run_dir / "progress.csv").read_text()
+    assert_one_line_refusal(launch([f"resume={run_dir}"]), "checkpoint", "corrupt")
+    assert (run_dir / "progress.csv").read_text() == rows
+    assert not (run_dir / "wandb").exists()
+
+
+def test_resume_with_a_checkpoint_of_another_env_is_refused(tmp_path: Path, cartpole_run: Path) -> None:
+    """The run's saved config says Hopper, its checkpoint is CartPole's: refused, naming the env key and both ids."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    saved.env = compose_config(["env=hopper"]).env
+    OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")
+    assert_one_line_refusal(launch([f"resume={run_dir}"]), "env", "CartPole-v1", "Hopper-v5")
+    assert not (run_dir / "wandb").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("policy.hidden_sizes=[32]", "hidden_sizes"), ("policy.activation=relu", "activation")],
+)
+def test_relaunch_with_another_network_is_refused(tmp_path: Path, cartpole_run: Path, override: str, key: str) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    cfg = compose_config([*CARTPOLE, "epochs=3", override, "logger.mode=disabled"])
+    with pytest.raises(CheckpointError, match=key):
+        Runner(cfg, RunIdentity(run_dir)).run()
+    assert len(read_rows(run_dir)) == 2
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("optimizer=vpg", "optimizer"), ("sampler.num_envs=4", "num_envs"), ("steps_per_epoch=200", "steps_per_epoch")],
+)
+def test_relaunch_with_another_optimizer_or_batch_is_refused(
+    tmp_path: Path, cartpole_run: Path, override: str, key: str
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    cfg = compose_config([*CARTPOLE, "epochs=3", override, "logger.mode=disabled"])
+    with pytest.raises(CheckpointError, match=key):
+        Runner(cfg, RunIdentity(run_dir)).run()
+    assert len(read_rows(run_dir)) == 2
+
+
+# 6. Finished runs, extended runs --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_retrained_and_a_larger_epochs_extends_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "A"
+    args = ["env=cartpole", *TINY, "sampler.num_envs=2", f"hydra.run.dir={run_dir}"]
+    first = launch(args)
+    assert first.returncode == 0, first.stderr
+    csv_text = (run_dir / "progress.csv").read_text()
+    eval_ep_ret = float(read_rows(run_dir)[-1]["EvalEpRet"])
+    checkpoint_bytes = (run_dir / CHECKPOINT_NAME).read_bytes()
+
+    again = launch(args)
+    assert again.returncode == 0, again.stderr
+    assert "already finished" in again.stdout
+    assert f"EvalEpRet {eval_ep_ret:.2f}" in again.stdout
+    assert "epoch " not in again.stdout  # no epoch was trained
+    assert (run_dir / "progress.csv").read_text() == csv_text
+    assert (run_dir / CHECKPOINT_NAME).read_bytes() == checkpoint_bytes
+    assert len(wandb_runs(run_dir)) == 1
+
+    longer = launch([*args, "epochs=3"])
+    assert longer.returncode == 0, longer.stderr
+    rows = read_rows(run_dir)
+    assert [r["Epoch"] for r in rows] == ["0", "1", "2"]
+    assert (run_dir / "progress.csv").read_text().startswith(csv_text)  # the first rows, byte for byte
+    assert load_checkpoint(run_dir)["epoch"] == 3
+
+    # It continued from the checkpoint: epoch 2 is the epoch 2 of a 3-epoch run that never stopped.
+    reference = tmp_path / "reference"
+    Runner(compose_config(["env=cartpole", *TINY, "sampler.num_envs=2", "epochs=3", "logger.mode=disabled"]),
+           RunIdentity(reference)).run()
+    assert without_wall_clock(rows)[2] == without_wall_clock(read_rows(reference))[2]
+
+
+def test_relaunch_with_fewer_epochs_than_an_unfinished_checkpoint_does_not_crash(
+    tmp_path: Path, cartpole_run: Path
+) -> None:
+    """A run stopped at epoch 1 of 2 (its checkpoint has no EvalEpRet yet), relaunched with epochs=1: the run
+    is either evaluated or refused with a CheckpointError, never a TypeError from formatting None."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    checkpoint.update(epoch=1, eval_ep_ret=None)  # what save_freq=1 leaves after epoch 0 of 2
+    save_checkpoint(run_dir, {k: v for k, v in checkpoint.items() if k != "format"})
+    cfg = compose_config([*CARTPOLE, "epochs=1", "logger.mode=disabled"])
+    try:
+        result = Runner(cfg, RunIdentity(run_dir)).run()
+    except CheckpointError:
+        return
+    assert isinstance(result, float)
