@@ -146,18 +146,22 @@ def sampling_rate(env_id: str, num_envs: int, workers: int, steps: int = 8000) -
     return rate
 
 
-def update_time(width: int, batch_size: int, obs_dim: int = 17, act_dim: int = 6) -> dict:
-    """Seconds of one TRPO update at Spinning Up's settings on random data of the given size."""
+def update_time(width: int, batch_size: int, rule_name: str = "TRPO", obs_dim: int = 17, act_dim: int = 6) -> dict:
+    """Seconds of one update (``TRPO``, or ``VPG`` for comparison) at Spinning Up's settings, on random data."""
     from trpo.buffer import Batch
     from trpo.networks import ValueFunction, make_policy
-    from trpo.updates import TRPO
+    from trpo.updates import TRPO, VPG
 
     torch.manual_seed(0)
     obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,))
     act_space = gym.spaces.Box(-1.0, 1.0, (act_dim,))
     policy = make_policy(obs_space, act_space, [width, width], "tanh", -0.5)
     value_function = ValueFunction(obs_dim, [width, width], "tanh")
-    rule = TRPO(policy, value_function, 0.01, 0.1, 10, 10, 0.8, gamma=0.99, lam=0.97, vf_lr=1e-3, train_v_iters=80)
+    value_kwargs = dict(gamma=0.99, lam=0.97, vf_lr=1e-3, train_v_iters=80)
+    if rule_name == "TRPO":
+        rule = TRPO(policy, value_function, 0.01, 0.1, 10, 10, 0.8, **value_kwargs)
+    else:
+        rule = VPG(policy, value_function, pi_lr=3e-4, train_pi_iters=1, **value_kwargs)
     obs = torch.randn(batch_size, obs_dim)
     with torch.no_grad():
         actions = policy.sample(obs)
@@ -168,7 +172,13 @@ def update_time(width: int, batch_size: int, obs_dim: int = 17, act_dim: int = 6
     middle = time.perf_counter()
     rule.fit_value_function(batch)
     end = time.perf_counter()
-    return {"width": width, "batch": batch_size, "policy_step_s": middle - start, "value_fit_s": end - middle}
+    return {
+        "rule": rule_name,
+        "width": width,
+        "batch": batch_size,
+        "policy_step_s": middle - start,
+        "value_fit_s": end - middle,
+    }
 
 
 def _machine() -> str:
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         results["update_scaling"] = [update_time(w, 4000) for w in (64, 256, 1024)] + [
             update_time(64, b) for b in (1000, 16000)
-        ]
+        ] + [update_time(64, 4000, "VPG")]
 
     (out_dir / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
@@ -243,9 +253,9 @@ def format_table(r: dict) -> str:
     if "sampling_scaling" in r:
         lines += ["", "| sampler.num_envs | sampler.workers | sampling steps/s |", "|---|---|---|"]
         lines += [f"| {s['num_envs']} | {s['workers']} | {s['steps_per_s']:,.0f} |" for s in r["sampling_scaling"]]
-        lines += ["", "| hidden width | batch | policy step s | value fit s |", "|---|---|---|---|"]
+        lines += ["", "| rule | hidden width | batch | policy step s | value fit s |", "|---|---|---|---|---|"]
         lines += [
-            f"| {u['width']} | {u['batch']} | {u['policy_step_s']:.3f} | {u['value_fit_s']:.3f} |"
+            f"| {u['rule']} | {u['width']} | {u['batch']} | {u['policy_step_s']:.3f} | {u['value_fit_s']:.3f} |"
             for u in r["update_scaling"]
         ]
     return "\n".join(lines)
