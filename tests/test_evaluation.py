@@ -18,6 +18,7 @@ from tests.conftest import TINY, compose_config, inspect_wandb, launch, wandb_ru
 from trpo.checkpoint import CheckpointError, load_checkpoint
 from trpo.config import ConfigError
 from trpo.envs import make_env
+from trpo.normalization import ObservationNormalizer
 from trpo.evaluation import (
     EVAL_SEED_OFFSET,
     RenderingError,
@@ -225,13 +226,18 @@ def test_evaluate_hooks_see_every_episode_and_leave_returns_unchanged() -> None:
 
 
 def test_frozen_obs_normalizer() -> None:
+    """Evaluation applies the checkpoint's normaliser exactly as training left it, and never updates it."""
     source = Path("run/checkpoint.pt")
     assert frozen_obs_normalizer(None, source) is None
-    normalize = frozen_obs_normalizer({"mean": torch.tensor([1.0, -1.0]), "var": torch.tensor([4.0, 0.25]),
-                                       "epsilon": 0.0, "clip": 3.0}, source)
-    assert np.allclose(normalize(np.array([3.0, 1.0])), [1.0, 3.0])  # (3-1)/2, (1+1)/0.5 = 4 clipped to 3
-    normalize = frozen_obs_normalizer({"mean": np.zeros(2), "std": np.full(2, 2.0)}, source)
-    assert np.allclose(normalize(np.array([2.0, -4.0])), [1.0, -2.0])
+    trained = ObservationNormalizer((2,))
+    trained.update(np.array([[1.0, -1.0], [3.0, 0.0], [5.0, 4.0]]))
+    normalize = frozen_obs_normalizer(trained.state_dict(), source)
+    obs = np.array([[3.0, 1.0], [100.0, -100.0]])
+    np.testing.assert_array_equal(normalize(obs), trained(obs))
+    expected = np.clip((obs - trained.stats.mean) / np.sqrt(trained.stats.var + 1e-8), -10, 10)
+    np.testing.assert_allclose(normalize(obs), expected, rtol=1e-6)
+    normalize(np.full((5, 2), 50.0))
+    np.testing.assert_array_equal(normalize(obs), trained(obs))  # frozen: calling it changed nothing
     with pytest.raises(CheckpointError, match="obs_normalizer"):
         frozen_obs_normalizer({"running_sum": 1.0}, source)
 
