@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,sweep]'
 	touch $@
 
-.PHONY: help install install-bench run test test-all bench docs-figures docs-plots results clean
+.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,8 +24,8 @@ run: install ## train the default job (pass overrides with ARGS="env=hopper opti
 test: install ## run the test suite (under 5 minutes on 2 cores)
 	$(BIN)/python -m pytest -m "not slow"
 
-test-all: install ## run every test, the slow end-to-end ones too
-	$(BIN)/python -m pytest
+test-slow: install ## run only the slow end-to-end tests (launchers, kill -9 resume, W&B online fallback)
+	$(BIN)/python -m pytest -m slow
 
 install-bench: install ## add sb3-contrib, the baseline `make bench` compares against
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
