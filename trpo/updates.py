@@ -8,7 +8,6 @@ Runner does not know which one it drives.
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -82,12 +81,8 @@ class UpdateRule:
         if self.normalize_advantages:
             advantages = batch.advantages
             batch = dataclasses.replace(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
-        # The two steps touch disjoint networks and read the same batch, so the value fit runs in a second
-        # thread while this one takes the policy step: same numbers, and both CPU cores busy.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            value_stats = pool.submit(self.fit_value_function, batch)
-            stats = self.policy_step(batch)
-            stats.update(value_stats.result())
+        stats = self.policy_step(batch)
+        stats.update(self.fit_value_function(batch))
         return stats
 
     def policy_step(self, batch: Batch) -> dict[str, float]:
