@@ -30,7 +30,7 @@ from trpo.evaluation import EVAL_SEED_OFFSET, evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
 from trpo.networks import ValueFunction, make_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler
-from trpo.sampler import Sampler
+from trpo.sampler import EpisodeRecord, Sampler
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Runner:
             envs.action_space.shape,
             envs.action_space.dtype,
         )
-        start_epoch, elapsed, wandb_run_id = 0, 0.0, None
+        start_epoch, elapsed, wandb_run_id, skipped_updates = 0, 0.0, None, 0
         if checkpoint is not None:
             policy.load_state_dict(checkpoint["policy"])
             value_function.load_state_dict(checkpoint["value_function"])
@@ -120,6 +120,7 @@ class Runner:
             sampler.obs = envs.set_state(checkpoint["envs"])
             torch.set_rng_state(checkpoint["torch_rng"])
             start_epoch, elapsed, wandb_run_id = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["wandb_run_id"]
+            skipped_updates = checkpoint.get("skipped_updates", 0)
             print(f"resuming {self.run_dir} at epoch {start_epoch}")
         keep_progress_rows(self.run_dir / "progress.csv", start_epoch)  # no checkpoint: start_epoch 0
         csv_logger = CSVLogger(self.run_dir / "progress.csv", EPOCH_KEYS + ["EvalEpRet"])
@@ -138,7 +139,7 @@ class Runner:
         exit_code = 1
         try:
             start = time.perf_counter() - elapsed
-            non_finite_streak, skipped_updates = 0, 0
+            non_finite_streak = 0
             for epoch in range(start_epoch, cfg.epochs):
                 epoch_start = time.perf_counter()
                 update_rule.anneal(epoch / cfg.epochs)
@@ -158,14 +159,9 @@ class Runner:
                     stats = {}
                 else:
                     non_finite_streak = 0
-                returns = np.array(episodes.returns) if episodes.returns else np.array([np.nan])
                 row = {
                     "Epoch": epoch,
-                    "AverageEpRet": float(np.mean(returns)),
-                    "StdEpRet": float(np.std(returns)),
-                    "MaxEpRet": float(np.max(returns)),
-                    "MinEpRet": float(np.min(returns)),
-                    "EpLen": float(np.mean(episodes.lengths)) if episodes.lengths else float("nan"),
+                    **episode_stats(episodes),
                     "VVals": float(values.mean()),
                     "TotalEnvInteracts": (epoch + 1) * buffer.steps * envs.num_envs,
                     **stats,
@@ -194,6 +190,7 @@ class Runner:
                         {
                             "epoch": epoch + 1,
                             "elapsed": time.perf_counter() - start,
+                            "skipped_updates": skipped_updates,
                             "eval_ep_ret": row.get("EvalEpRet"),
                             "model": {
                                 "env_id": cfg.env.id,
@@ -228,6 +225,18 @@ def run_keys(cfg: DictConfig) -> dict:
         "optimizer._target_": cfg.optimizer._target_,
         "sampler.num_envs": cfg.sampler.num_envs,
         "steps_per_epoch": cfg.steps_per_epoch,
+    }
+
+
+def episode_stats(episodes: EpisodeRecord) -> dict[str, float]:
+    """Spinning Up's episode keys over the episodes that finished in the epoch (NaN when none did)."""
+    returns = np.array(episodes.returns) if episodes.returns else np.array([np.nan])
+    return {
+        "AverageEpRet": float(np.mean(returns)),
+        "StdEpRet": float(np.std(returns)),
+        "MaxEpRet": float(np.max(returns)),
+        "MinEpRet": float(np.min(returns)),
+        "EpLen": float(np.mean(episodes.lengths)) if episodes.lengths else float("nan"),
     }
 
 
