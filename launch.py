@@ -1,9 +1,12 @@
 """Train TRPO: `python launch.py [key=value ...]`, or a sweep with `python launch.py -m key=a,b ...`."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from trpo.config import register_resolvers
+from trpo.config import ConfigError, check_group_options, register_resolvers
 
 register_resolvers()
 
@@ -17,4 +20,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:
+        check_group_options(sys.argv[1:], Path(__file__).parent / "conf")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

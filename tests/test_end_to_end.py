@@ -95,3 +95,27 @@ def test_trpo_learns_cartpole(tmp_path: Path) -> None:
     assert first < 40
     assert last > 3 * first
     assert final_eval > 150
+
+
+@pytest.mark.parametrize("override", ["optimizer=trpoo", "env=halfcheeta", "experiment=colapse"])
+def test_unknown_group_option_is_refused_with_one_line(tmp_path: Path, override: str) -> None:
+    """A misspelt config group option exits 2 with one line listing the options, before Hydra makes a run dir."""
+    run_dir = tmp_path / "run"
+    result = launch([override, f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    group = override.split("=")[0]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {group}=") and "must be one of" in lines[0]
+    assert not run_dir.exists()
+
+
+def test_progress_prints_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture) -> None:
+    """Off a terminal (sweeps, CI logs) each epoch is one plain line with steps, return and KL; no bar."""
+    from trpo.runner import Progress
+
+    progress = Progress(total_steps=800)
+    progress.update({"Epoch": 0, "TotalEnvInteracts": 400, "AverageEpRet": 12.5, "KL": 0.0091, "Time": 1.0})
+    progress.close()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    assert "epoch    0" in out[0] and "400" in out[0] and "12.50" in out[0] and "0.0091" in out[0]

@@ -209,6 +209,22 @@ def validate(cfg: DictConfig) -> None:
     _check_env_id(plain["env"]["id"])
 
 
+def check_group_options(args: list[str], conf_dir: Path) -> None:
+    """Refuse ``group=option`` command-line overrides whose option has no file under ``conf/group/``, with one
+    line, before Hydra composes (whose own message for this spans many lines)."""
+    groups = {d.name for d in conf_dir.iterdir() if d.is_dir()}
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        name = name.lstrip("+~")
+        if not sep or name not in groups or not value:
+            continue
+        options = sorted(f.stem for f in (conf_dir / name).glob("*.yaml"))
+        # A sweep (-m) lists options with commas; glob() and range() sweeps are left to Hydra.
+        for option in value.split(","):
+            if option and option not in options and option != "null" and "(" not in option:
+                raise ConfigError(f"{name}={option!r} is not allowed: must be one of {', '.join(options)}")
+
+
 def _job_dir(resume: Optional[str], checkpoint: Optional[str], default: str) -> str:
     stamp = Path(default).name
     # Only beside a real run: a mistyped RESUME or CHECKPOINT must not be created by Hydra; its refusal
