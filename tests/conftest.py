@@ -22,6 +22,9 @@ register_resolvers()
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
+# progress.csv columns that measure wall-clock time: the only ones allowed to differ between identical runs.
+WALL_CLOCK = {"Time", "SampleTime", "UpdateTime"}
+
 # Small enough for seconds, large enough that every code path (episode ends, evaluation) runs.
 TINY = ["epochs=2", "steps_per_epoch=400", "eval.episodes=2", "optimizer.train_v_iters=5"]
 
@@ -36,12 +39,17 @@ def tiny_cartpole_cfg() -> DictConfig:
     return compose_config(["env=cartpole", "logger.mode=disabled", *TINY])
 
 
+def launch_env() -> dict[str, str]:
+    """The environment of a launched run: W&B quiet, and its own W&B service. Attached to this process's
+    service, a killed child's run id would stay registered there and a resume of it would be refused."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    env.pop("WANDB_SERVICE", None)
+    return env
+
+
 def launch(args: list[str], cwd: Path = ROOT, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``python launch.py ARGS`` as a user would, W&B offline, and return the finished process."""
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    # A launched run must start its own W&B service: attached to this process's, a killed child's run id
-    # would stay registered there and a resume of it would be refused.
-    env.pop("WANDB_SERVICE", None)
+    env = launch_env()
     return subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), *args],
         cwd=cwd,

@@ -24,21 +24,10 @@ import torch
 from omegaconf import OmegaConf
 
 import trpo.checkpoint
-from tests.conftest import ROOT, TINY, compose_config, inspect_wandb, launch, wandb_runs
+from tests.conftest import ROOT, TINY, WALL_CLOCK, compose_config, inspect_wandb, launch, launch_env, wandb_runs
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
 from trpo.runner import RunIdentity, Runner
-
-WALL_CLOCK = {"Time", "SampleTime", "UpdateTime"}
-
-
-@pytest.fixture(autouse=True)
-def own_wandb_service(monkeypatch):
-    """A run started by launch() gets its own wandb-core. W&B used in this pytest process (an in-process test)
-    leaves WANDB_SERVICE in os.environ; a child inheriting it attaches to this process's service instead, and a
-    child killed with SIGKILL then leaves its run ID registered there ("run ID ... is in use" on resume)."""
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)
-
 
 
 def read_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -91,7 +80,7 @@ HOPPER = ["env=hopper", "epochs=6", "save_freq=1", "steps_per_epoch=1024", "samp
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
     """``python launch.py ARGS`` in its own session, so killpg reaches its env workers too."""
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    env = launch_env()
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, str(ROOT / "launch.py"), *args],

@@ -16,24 +16,13 @@ from hydra.utils import instantiate
 import trpo.envs
 import trpo.loggers
 import trpo.runner
-from tests.conftest import TINY, compose_config, inspect_wandb, launch, wandb_runs
+from tests.conftest import TINY, WALL_CLOCK, compose_config, inspect_wandb, launch, wandb_runs
 from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import load_checkpoint
 from trpo.config import ConfigError, validate
 from trpo.networks import ValueFunction, make_policy
 from trpo.runner import NonFiniteError, RunIdentity, Runner, guarded_update
 from trpo.sampler import Sampler
-
-WALL_CLOCK = {"Time", "SampleTime", "UpdateTime"}
-
-
-@pytest.fixture(autouse=True)
-def own_wandb_service(monkeypatch):
-    """A run started by launch() gets its own wandb-core. W&B used in this pytest process (an in-process test)
-    leaves WANDB_SERVICE in os.environ; a child inheriting it attaches to this process's service instead, and a
-    child killed with SIGKILL then leaves its run ID registered there ("run ID ... is in use" on resume)."""
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)
-
 
 # 200 lockstep steps of 2 envs per epoch, in this process, so EnvBatch.step can be patched.
 CARTPOLE = ["env=cartpole", *TINY, "sampler.num_envs=2", "sampler.workers=0", "logger.mode=disabled"]
