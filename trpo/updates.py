@@ -26,6 +26,12 @@ from trpo.trust_region import (
 )
 
 
+def batch_surrogate(policy: Policy, batch: Batch) -> torch.Tensor:
+    """The surrogate advantage :math:`L(\\theta_k, \\theta)` of ``policy``'s current parameters on ``batch``."""
+    logp = policy.distribution(batch.obs).log_prob(batch.actions)
+    return surrogate_advantage(logp, batch.logp_old, batch.advantages)
+
+
 class UpdateRule:
     """Fits the value function by regression on the rewards-to-go; subclasses define the policy step.
 
@@ -212,17 +218,13 @@ class VPG(UpdateRule):
         with torch.no_grad():
             old_distribution = self.policy.distribution(batch.obs)
 
-        def surrogate() -> torch.Tensor:
-            logp = self.policy.distribution(batch.obs).log_prob(batch.actions)
-            return surrogate_advantage(logp, batch.logp_old, batch.advantages)
-
-        surrogate_old = surrogate().item()
+        surrogate_old = batch_surrogate(self.policy, batch).item()
         for _ in range(self.train_pi_iters):
             self.pi_optimizer.zero_grad()
-            (-surrogate()).backward()
+            (-batch_surrogate(self.policy, batch)).backward()
             self.pi_optimizer.step()
         with torch.no_grad():
-            surrogate_new = surrogate().item()
+            surrogate_new = batch_surrogate(self.policy, batch).item()
             kl = mean_kl(old_distribution, self.policy.distribution(batch.obs)).item()
         return {
             "LossPi": -surrogate_old,
@@ -252,8 +254,7 @@ class _NaturalGradientStep:
         self.params_old = flat_params(self.params)
 
     def surrogate(self) -> torch.Tensor:
-        logp = self.policy.distribution(self.batch.obs).log_prob(self.batch.actions)
-        return surrogate_advantage(logp, self.batch.logp_old, self.batch.advantages)
+        return batch_surrogate(self.policy, self.batch)
 
     def kl(self) -> torch.Tensor:
         return mean_kl(self.old_distribution, self.policy.distribution(self.batch.obs))
