@@ -339,22 +339,15 @@ def test_resume_with_a_checkpoint_of_another_env_is_refused(tmp_path: Path, cart
 
 @pytest.mark.parametrize(
     "override, key",
-    [("policy.hidden_sizes=[32]", "hidden_sizes"), ("policy.activation=relu", "activation")],
+    [
+        ("policy.hidden_sizes=[32]", "hidden_sizes"),
+        ("policy.activation=relu", "activation"),
+        ("optimizer=vpg", "optimizer"),
+        ("sampler.num_envs=4", "num_envs"),
+        ("steps_per_epoch=200", "steps_per_epoch"),
+    ],
 )
-def test_relaunch_with_another_network_is_refused(tmp_path: Path, cartpole_run: Path, override: str, key: str) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(cartpole_run, run_dir)
-    cfg = compose_config([*CARTPOLE, "epochs=3", override, "logger.mode=disabled"])
-    with pytest.raises(CheckpointError, match=key):
-        Runner(cfg, RunIdentity(run_dir)).run()
-    assert len(read_rows(run_dir)) == 2
-
-
-@pytest.mark.parametrize(
-    "override, key",
-    [("optimizer=vpg", "optimizer"), ("sampler.num_envs=4", "num_envs"), ("steps_per_epoch=200", "steps_per_epoch")],
-)
-def test_relaunch_with_another_optimizer_or_batch_is_refused(
+def test_relaunch_with_another_network_optimizer_or_batch_is_refused(
     tmp_path: Path, cartpole_run: Path, override: str, key: str
 ) -> None:
     run_dir = tmp_path / "run"
