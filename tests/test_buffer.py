@@ -168,6 +168,22 @@ def filled_buffer(steps: int, num_envs: int, terminated_at, truncated_at, seed: 
     return buffer
 
 
+def oracle_of(buffer: RolloutBuffer, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """The naive oracle's advantages and returns for a buffer filled by :func:`filled_buffer`, with V = SumValue:
+    0 after termination, V(next_obs[t]) after truncation, V(obs[t+1]) otherwise, V(next_obs[T-1]) at the end."""
+    obs64, next_obs64 = buffer.obs.astype(np.float64), buffer.next_obs.astype(np.float64)
+    return naive_gae_and_returns(
+        rewards=buffer.rewards.astype(np.float64),
+        values=obs64.sum(-1),
+        terminated=buffer.terminated,
+        truncated=buffer.truncated,
+        final_values=next_obs64.sum(-1),
+        last_values=next_obs64[-1].sum(-1),
+        gamma=gamma,
+        lam=lam,
+    )
+
+
 BUFFER_CASES = {
     # env 0: terminated at 1, truncated at 3, cut by the buffer at 5; env 1: truncated at 0, terminated and
     # truncated together at 2, terminated at the last step.
@@ -185,21 +201,10 @@ BUFFER_CASES = {
 @pytest.mark.parametrize("gamma, lam", [(0.99, 0.97), (0.9, 0.0), (1.0, 1.0)])
 def test_compute_batch_matches_oracle(case, gamma, lam):
     """compute_batch's advantages and returns equal the naive oracle on a hand-filled buffer with a linear V."""
-    # The oracle's next values: 0 after termination, V(next_obs[t]) after truncation, V(obs[t+1]) otherwise, and
-    # V(next_obs[T-1]) at the last row.
     steps, num_envs = 6, 2
     buffer = filled_buffer(steps, num_envs, **BUFFER_CASES[case])
-    obs64, next_obs64 = buffer.obs.astype(np.float64), buffer.next_obs.astype(np.float64)
-    expected_adv, expected_ret = naive_gae_and_returns(
-        rewards=buffer.rewards.astype(np.float64),
-        values=obs64.sum(-1),
-        terminated=buffer.terminated,
-        truncated=buffer.truncated,
-        final_values=next_obs64.sum(-1),
-        last_values=next_obs64[-1].sum(-1),
-        gamma=gamma,
-        lam=lam,
-    )
+    obs64 = buffer.obs.astype(np.float64)
+    expected_adv, expected_ret = oracle_of(buffer, gamma, lam)
 
     batch, values = buffer.compute_batch(SumValue(), gamma, lam)
 
@@ -212,6 +217,20 @@ def test_compute_batch_matches_oracle(case, gamma, lam):
     assert torch.equal(batch.actions, torch.as_tensor(buffer.actions.reshape(steps * num_envs, 2)))
     assert torch.equal(batch.logp_old, torch.as_tensor(buffer.logp.reshape(-1)))
     assert batch.advantages.dtype == torch.float32 and batch.returns.dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", list(BUFFER_CASES))
+def test_compute_batch_lambda_returns_are_advantages_plus_values(case):
+    """With value_target=lambda_returns the targets are the oracle's GAE advantages plus V(s_t), and the
+    advantages themselves do not change."""
+    buffer = filled_buffer(6, 2, **BUFFER_CASES[case])
+    obs64 = buffer.obs.astype(np.float64)
+    expected_adv, _ = oracle_of(buffer, 0.99, 0.95)
+    batch, _ = buffer.compute_batch(SumValue(), 0.99, 0.95, value_target="lambda_returns")
+    np.testing.assert_allclose(batch.advantages.numpy(), expected_adv.reshape(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        batch.returns.numpy(), (expected_adv + obs64.sum(-1)).reshape(-1), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_compute_batch_truncation_uses_final_observation():

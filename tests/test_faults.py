@@ -21,8 +21,9 @@ from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import load_checkpoint
 from trpo.config import ConfigError, validate
 from trpo.networks import ValueFunction, make_policy
-from trpo.runner import NonFiniteError, RunIdentity, Runner, guarded_update
+from trpo.runner import NonFiniteError, RunIdentity, Runner, guarded_policy_step
 from trpo.sampler import Sampler
+from trpo.value_fit import make_value_fit
 
 # 200 lockstep steps of 2 envs per epoch, in this process, so EnvBatch.step can be patched.
 CARTPOLE = ["env=cartpole", *TINY, "sampler.num_envs=2", "sampler.workers=0", "logger.mode=disabled"]
@@ -75,17 +76,18 @@ def inject_nan_rewards(monkeypatch, poisoned_step) -> None:
 
 
 def record_updates(monkeypatch) -> list[dict]:
-    """Wrap the Runner's guarded_update to see the networks and optimiser states just before and after it."""
-    real = trpo.runner.guarded_update
+    """Wrap the Runner's guarded_policy_step to see the networks and optimiser states just before each epoch's
+    update (so one record's ``before`` is the state after the previous epoch's policy step and value fit)."""
+    real = trpo.runner.guarded_policy_step
     records = []
 
     def wrapped(update_rule, batch):
         before = snapshot(update_rule)
         stats = real(update_rule, batch)
-        records.append({"before": before, "after": snapshot(update_rule), "stats": stats})
+        records.append({"before": before, "stats": stats})
         return stats
 
-    monkeypatch.setattr(trpo.runner, "guarded_update", wrapped)
+    monkeypatch.setattr(trpo.runner, "guarded_policy_step", wrapped)
     return records
 
 
@@ -99,18 +101,18 @@ def record_updates(monkeypatch) -> list[dict]:
 def test_one_epoch_of_nan_rewards_skips_that_update_only(tmp_path: Path, monkeypatch, extra: list[str]) -> None:
     inject_nan_rewards(monkeypatch, lambda t: t == STEPS_PER_EPOCH + 50)  # one reward, in epoch 1
     updates = record_updates(monkeypatch)
-    cfg = compose_config([*CARTPOLE, "epochs=3", *extra])
+    cfg = compose_config([*CARTPOLE, "epochs=4", *extra])
     result = Runner(cfg, RunIdentity(tmp_path)).run()
 
     assert math.isfinite(result)
-    assert [u["stats"] is None for u in updates] == [False, True, False]
-    skipped = updates[1]
-    assert all(state_equal(a, b) for a, b in zip(skipped["before"], skipped["after"])), "the skipped update moved"
-    assert not state_equal(updates[2]["before"][0], updates[2]["after"][0]), "training did not go on after it"
+    assert [u["stats"] is None for u in updates] == [False, True, False, False]
+    before_skipped, after_skipped = updates[1]["before"], updates[2]["before"]
+    assert all(state_equal(a, b) for a, b in zip(before_skipped, after_skipped)), "the skipped update moved"
+    assert not state_equal(updates[2]["before"][0], updates[3]["before"][0]), "training did not go on after it"
     rows = read_rows(tmp_path)
-    assert [r["Epoch"] for r in rows] == ["0", "1", "2"]
-    assert [r["SkippedUpdates"] for r in rows] == ["0", "1", "1"]
-    assert math.isfinite(float(rows[2]["KL"])) and math.isfinite(float(rows[2]["EvalEpRet"]))
+    assert [r["Epoch"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["SkippedUpdates"] for r in rows] == ["0", "1", "1", "1"]
+    assert math.isfinite(float(rows[2]["KL"])) and math.isfinite(float(rows[3]["EvalEpRet"]))
 
 
 def test_persistent_nan_stops_the_run_with_the_last_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
@@ -125,7 +127,7 @@ def test_persistent_nan_stops_the_run_with_the_last_checkpoint_intact(tmp_path: 
     assert [u["stats"] is None for u in updates] == [False] + [True] * limit
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint["epoch"] == limit  # saved after epochs 0..limit-1; the epoch that stopped the run is not
-    after_epoch_0 = updates[0]["after"]
+    after_epoch_0 = updates[1]["before"]
     assert state_equal(checkpoint["policy"], after_epoch_0[0])
     assert state_equal(checkpoint["value_function"], after_epoch_0[1])
     assert all(torch.isfinite(p).all() for p in checkpoint["policy"].values())
@@ -150,44 +152,81 @@ def build_update_rule(optimizer: str):
     return update_rule, next_batch
 
 
-@pytest.mark.parametrize("poison", ["policy_params", "value_params", "stats"])
+@pytest.mark.parametrize("poison", ["policy_params", "stats"])
 @pytest.mark.parametrize("optimizer", ["trpo", "vpg"])
-def test_guarded_update_rolls_back_a_non_finite_update_exactly(optimizer: str, poison: str) -> None:
-    """The update really ran (networks and Adam states moved), then produced NaN: everything is restored bit for bit."""
+def test_guarded_policy_step_rolls_back_a_non_finite_step_exactly(optimizer: str, poison: str) -> None:
+    """The step really ran (the policy moved), then produced NaN: policy and optimiser states are restored bit for
+    bit."""
     update_rule, next_batch = build_update_rule(optimizer)
-    assert guarded_update(update_rule, next_batch()) is not None  # a good epoch first: Adam states are non-empty
+    assert guarded_policy_step(update_rule, next_batch()) is not None  # a good epoch first: Adam states non-empty
+    update_rule.fit_value_function(next_batch())
     before = snapshot(update_rule)
-    real_update = update_rule.update
+    real_step = update_rule.improve_policy
     moved = {}
 
-    def poisoned_update(batch):
-        stats = real_update(batch)
-        moved["value_function"] = not state_equal(update_rule.value_function.state_dict(), before[1])
-        moved["optimizers"] = not state_equal(update_rule.state_dict(), before[2])
+    def poisoned_step(batch):
+        stats = real_step(batch)
+        moved["policy"] = not state_equal(update_rule.policy.state_dict(), before[0])
         with torch.no_grad():
             if poison == "policy_params":
                 next(update_rule.policy.parameters()).view(-1)[0] = float("nan")
-            elif poison == "value_params":
-                next(update_rule.value_function.parameters()).view(-1)[-1] = float("inf")
-        return {**stats, "LossV": float("nan")} if poison == "stats" else stats
+        return {**stats, "KL": float("nan")} if poison == "stats" else stats
 
-    update_rule.update = poisoned_update
-    assert guarded_update(update_rule, next_batch()) is None
-    assert moved == {"value_function": True, "optimizers": True}
+    update_rule.improve_policy = poisoned_step
+    assert guarded_policy_step(update_rule, next_batch()) is None
+    assert moved == {"policy": True}
     after = snapshot(update_rule)
-    assert state_equal(after[0], before[0]), "policy not restored"
-    assert state_equal(after[1], before[1]), "value function not restored"
-    assert state_equal(after[2], before[2]), "optimiser state not restored"
+    assert all(state_equal(a, b) for a, b in zip(after, before)), "policy, value function or optimisers moved"
 
 
-def test_guarded_update_skips_a_non_finite_batch_without_updating() -> None:
+def test_guarded_policy_step_skips_a_non_finite_batch_without_stepping() -> None:
     update_rule, next_batch = build_update_rule("trpo")
     batch = next_batch()
     batch.advantages[3] = float("nan")
     calls = []
-    update_rule.update = lambda b: calls.append(b) or {}
-    assert guarded_update(update_rule, batch) is None
+    update_rule.improve_policy = lambda b: calls.append(b) or {}
+    assert guarded_policy_step(update_rule, batch) is None
     assert calls == []
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+def test_a_non_finite_value_fit_is_dropped_exactly(background: bool) -> None:
+    """A return of 3e38 is finite, but its squared error overflows: the fit ends non-finite, and the value function
+    and its Adam state stay bit for bit as before it, in this process or in the child."""
+    update_rule, next_batch = build_update_rule("trpo")
+    value_fit = make_value_fit(update_rule, background)
+    try:
+        value_fit.start(next_batch())  # a good fit first: Adam states non-empty
+        assert value_fit.finish() is not None
+        before = snapshot(update_rule)
+        batch = next_batch()
+        batch.returns[5] = 3e38
+        value_fit.start(batch)
+        assert value_fit.finish() is None
+        assert all(state_equal(a, b) for a, b in zip(snapshot(update_rule), before))
+    finally:
+        value_fit.close()
+
+
+def test_background_value_fit_gives_the_numbers_of_the_inline_one() -> None:
+    """Same batches, same minibatch draws: the child's fitted networks, Adam states and losses equal this
+    process's bit for bit."""
+    results = []
+    for background in (False, True):
+        update_rule, next_batch = build_update_rule("trpo")
+        update_rule.vf_minibatches = 4
+        value_fit = make_value_fit(update_rule, background)
+        try:
+            stats = []
+            for _ in range(3):
+                value_fit.start(next_batch())
+                stats.append({k: v for k, v in value_fit.finish().items() if k != "ValueFitTime"})
+        finally:
+            value_fit.close()
+        results.append((snapshot(update_rule), stats))
+    (inline_state, inline_stats), (background_state, background_stats) = results
+    assert inline_stats == background_stats
+    assert all(state_equal(a, b) for a, b in zip(inline_state, background_state))
 
 
 # 8. W&B online without network or key ---------------------------------------------------------------------------
@@ -293,6 +332,14 @@ def test_same_seed_and_config_give_identical_rows(tmp_path: Path) -> None:
     first = rows_of_run(tmp_path / "a", ["seed=3"])
     assert first == rows_of_run(tmp_path / "b", ["seed=3"])
     assert first != rows_of_run(tmp_path / "c", ["seed=4"])  # and the seed matters
+
+
+def test_rows_do_not_depend_on_where_the_value_fit_runs(tmp_path: Path) -> None:
+    """overlap_value_fit only moves the fit to a child process: the rows (checkpoint epochs and the others,
+    minibatch draws included) are the same."""
+    overrides = ["epochs=4", "save_freq=3", "optimizer.vf_minibatches=3"]
+    inline = rows_of_run(tmp_path / "inline", [*overrides, "overlap_value_fit=false"])
+    assert inline == rows_of_run(tmp_path / "overlap", [*overrides, "overlap_value_fit=true"])
 
 
 def test_rows_do_not_depend_on_the_number_of_env_workers(tmp_path: Path) -> None:

@@ -83,8 +83,14 @@ class RolloutBuffer:
         self.next_obs = np.zeros((steps, num_envs, *obs_shape), dtype=np.float32)
         self.steps = steps
 
-    def compute_batch(self, value_fn: torch.nn.Module, gamma: float, lam: float) -> tuple[Batch, np.ndarray]:
-        """GAE advantages and rewards-to-go for the stored epoch; returns the batch and :math:`V(s_t)`."""
+    def compute_batch(
+        self, value_fn: torch.nn.Module, gamma: float, lam: float, value_target: str = "rewards_to_go"
+    ) -> tuple[Batch, np.ndarray]:
+        """GAE advantages and the value targets for the stored epoch; returns the batch and :math:`V(s_t)`.
+
+        ``value_target`` is ``rewards_to_go`` (:func:`rewards_to_go`) or ``lambda_returns``
+        (:math:`\\hat A_t + V(s_t)`, GAE's own estimate of the return).
+        """
         T, N = self.rewards.shape
         # V of the state after step t: the next stored state, except where the episode was cut (time limit, or
         # the epoch's last step), which is bootstrapped with V of its own last state, and where it terminated.
@@ -99,7 +105,10 @@ class RolloutBuffer:
         next_values[self.terminated] = 0.0
         episode_ends = self.terminated | self.truncated
         advantages = gae_advantages(self.rewards, values, next_values, episode_ends, gamma, lam)
-        returns = rewards_to_go(self.rewards, next_values, episode_ends, gamma)
+        if value_target == "lambda_returns":
+            returns = advantages + values
+        else:
+            returns = rewards_to_go(self.rewards, next_values, episode_ends, gamma)
         flat = lambda a: torch.as_tensor(a.reshape(T * N, *a.shape[2:]))  # noqa: E731
         batch = Batch(flat(self.obs), flat(self.actions), flat(self.logp), flat(advantages), flat(returns))
         return batch, values

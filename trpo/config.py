@@ -68,6 +68,8 @@ class ValueFitConfig:
     train_v_iters: int = field(default=80, metadata=at_least(0))
     normalize_advantages: bool = False
     vf_lr_schedule: str = field(default="constant", metadata=one_of("constant", "linear"))
+    vf_minibatches: int = field(default=1, metadata=at_least(1))
+    vf_target: str = field(default="rewards_to_go", metadata=one_of("rewards_to_go", "lambda_returns"))
 
 
 @dataclass
@@ -130,6 +132,7 @@ class Config:
     save_freq: int = field(default=10, metadata=at_least(1))
     device: str = field(default="cpu", metadata=one_of("cpu"))
     torch_threads: int = field(default=1, metadata=at_least(1))
+    overlap_value_fit: bool = True
     task: str = field(default="train", metadata=one_of("train", "eval"))
     resume: Optional[str] = None
     checkpoint: Optional[str] = None

@@ -29,10 +29,11 @@ EPOCH_KEYS = [
     "BacktrackIters",
     "KLExceeded",  # 1 if the accepted step's KL is above delta (only possible without the line search)
     "SurrogateWorse",  # 1 if the accepted step lowered the surrogate advantage
-    "SkippedUpdates",  # epochs so far whose update was skipped for non-finite numbers
+    "SkippedUpdates",  # epochs so far whose policy step or value fit was dropped for non-finite numbers
     "Time",
     "SampleTime",  # seconds this epoch spent collecting experience and estimating advantages
-    "UpdateTime",  # seconds this epoch spent in the policy step and the value fit
+    "UpdateTime",  # seconds this epoch waited for its update: the policy step, and the value fit unless overlapped
+    "ValueFitTime",  # seconds the value fit took where it ran (beside the next epoch's sampling when overlapped)
 ]
 
 

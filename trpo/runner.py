@@ -31,6 +31,7 @@ from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
 from trpo.networks import ValueFunction, make_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler
 from trpo.sampler import EpisodeRecord, Sampler
+from trpo.value_fit import make_value_fit
 
 
 @dataclass
@@ -136,41 +137,66 @@ class Runner:
             run_id=wandb_run_id,
         )
         progress = Progress(cfg.epochs * buffer.steps * envs.num_envs)
+        value_fit = make_value_fit(update_rule, background=cfg.overlap_value_fit)
         exit_code = 1
         try:
             start = time.perf_counter() - elapsed
             non_finite_streak = 0
-            for epoch in range(start_epoch, cfg.epochs):
-                epoch_start = time.perf_counter()
-                update_rule.anneal(epoch / cfg.epochs)
-                episodes = sampler.collect(buffer)
-                batch, values = buffer.compute_batch(value_function, update_rule.gamma, update_rule.lam)
-                update_start = time.perf_counter()
-                stats = guarded_update(update_rule, batch)
-                update_end = time.perf_counter()
-                if stats is None:
+
+            def complete(row: dict, policy_stats: dict | None) -> None:
+                """Add the epoch's value fit to its row, count a dropped update, and log the row."""
+                nonlocal skipped_updates, non_finite_streak
+                value_stats = value_fit.finish() if policy_stats is not None else None
+                if value_stats is None:
                     skipped_updates += 1
                     non_finite_streak += 1
                     if non_finite_streak >= MAX_NON_FINITE_EPOCHS:
                         raise NonFiniteError(
                             f"non-finite observations, rewards or losses in {non_finite_streak} epochs in a row "
-                            f"(epochs {epoch - non_finite_streak + 1}-{epoch}); the last checkpoint is intact"
+                            f"(epochs {row['Epoch'] - non_finite_streak + 1}-{row['Epoch']}); the last checkpoint "
+                            "is intact"
                         )
-                    stats = {}
                 else:
                     non_finite_streak = 0
+                    row.update(value_stats)
+                row["SkippedUpdates"] = skipped_updates
+                csv_logger.log(row)
+                wandb_logger.log(row)
+                progress.update(row)
+
+            # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
+            waiting: tuple[dict, dict | None] | None = None
+            for epoch in range(start_epoch, cfg.epochs):
+                epoch_start = time.perf_counter()
+                update_rule.anneal(epoch / cfg.epochs)
+                episodes = sampler.collect(buffer)
+                if waiting is not None:
+                    complete(*waiting)
+                    waiting = None
+                batch, values = buffer.compute_batch(
+                    value_function, update_rule.gamma, update_rule.lam, update_rule.vf_target
+                )
+                update_start = time.perf_counter()
+                policy_stats = guarded_policy_step(update_rule, batch)
+                if policy_stats is not None:
+                    value_fit.start(batch)
+                update_end = time.perf_counter()
                 row = {
                     "Epoch": epoch,
                     **episode_stats(episodes),
                     "VVals": float(values.mean()),
                     "TotalEnvInteracts": (epoch + 1) * buffer.steps * envs.num_envs,
-                    **stats,
-                    "SkippedUpdates": skipped_updates,
+                    **(policy_stats or {}),
                     "Time": update_end - start,
                     "SampleTime": update_start - epoch_start,
                     "UpdateTime": update_end - update_start,
                 }
                 last_epoch = epoch == cfg.epochs - 1
+                saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
+                if cfg.overlap_value_fit and not saves:
+                    waiting = (row, policy_stats)
+                    continue
+                # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
                 if last_epoch:
                     eval_returns = evaluate(
                         policy,
@@ -181,38 +207,36 @@ class Runner:
                         obs_filter=obs_normalizer,  # frozen: evaluate() only applies it
                     )
                     row["EvalEpRet"] = float(np.mean(eval_returns))
-                csv_logger.log(row)
-                wandb_logger.log(row)
-                progress.update(row)
-                if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
-                    save_checkpoint(
-                        self.run_dir,
-                        {
-                            "epoch": epoch + 1,
-                            "elapsed": time.perf_counter() - start,
-                            "skipped_updates": skipped_updates,
-                            "eval_ep_ret": row.get("EvalEpRet"),
-                            "model": {
-                                "env_id": cfg.env.id,
-                                "hidden_sizes": list(cfg.policy.hidden_sizes),
-                                "activation": cfg.policy.activation,
-                                **run_keys(cfg),
-                            },
-                            "policy": policy.state_dict(),
-                            "value_function": value_function.state_dict(),
-                            "update_rule": update_rule.state_dict(),
-                            "obs_normalizer": obs_normalizer.state_dict() if obs_normalizer else None,
-                            "reward_scaler": reward_scaler.state_dict() if reward_scaler else None,
-                            "envs": envs.get_state(),
-                            "torch_rng": torch.get_rng_state(),
-                            "wandb_run_id": wandb_logger.run_id,
-                            "identity": {"name": self.identity.name, "group": self.identity.group},
+                complete(row, policy_stats)
+                save_checkpoint(
+                    self.run_dir,
+                    {
+                        "epoch": epoch + 1,
+                        "elapsed": time.perf_counter() - start,
+                        "skipped_updates": skipped_updates,
+                        "eval_ep_ret": row.get("EvalEpRet"),
+                        "model": {
+                            "env_id": cfg.env.id,
+                            "hidden_sizes": list(cfg.policy.hidden_sizes),
+                            "activation": cfg.policy.activation,
+                            **run_keys(cfg),
                         },
-                    )
+                        "policy": policy.state_dict(),
+                        "value_function": value_function.state_dict(),
+                        "update_rule": update_rule.state_dict(),
+                        "obs_normalizer": obs_normalizer.state_dict() if obs_normalizer else None,
+                        "reward_scaler": reward_scaler.state_dict() if reward_scaler else None,
+                        "envs": envs.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "wandb_run_id": wandb_logger.run_id,
+                        "identity": {"name": self.identity.name, "group": self.identity.group},
+                    },
+                )
             wandb_logger.summary({"EvalEpRet": row["EvalEpRet"]})
             exit_code = 0
             return row["EvalEpRet"]
         finally:
+            value_fit.close()
             progress.close()
             csv_logger.close()
             wandb_logger.close(exit_code)
@@ -240,20 +264,19 @@ def episode_stats(episodes: EpisodeRecord) -> dict[str, float]:
     }
 
 
-def guarded_update(update_rule, batch) -> dict[str, float] | None:
-    """Run the update unless the batch holds non-finite numbers; if the update itself produces any, restore
-    the networks and optimisers as they were. Returns the update's stats, or None when it was skipped."""
+def guarded_policy_step(update_rule, batch) -> dict[str, float] | None:
+    """Run the policy step unless the batch holds non-finite numbers; if the step itself produces any, restore
+    the policy and the update rule's optimiser states as they were. Returns the step's stats, or None when it
+    was skipped (and then the epoch's value fit is skipped too)."""
     fields = (batch.obs, batch.advantages, batch.returns, batch.logp_old)
     if not all(torch.isfinite(t).all() for t in fields):
         return None
-    networks = (update_rule.policy, update_rule.value_function)
-    saved = [copy.deepcopy(n.state_dict()) for n in networks], copy.deepcopy(update_rule.state_dict())
-    stats = update_rule.update(batch)
-    finite_params = all(torch.isfinite(p).all() for n in networks for p in n.parameters())
+    saved = copy.deepcopy(update_rule.policy.state_dict()), copy.deepcopy(update_rule.state_dict())
+    stats = update_rule.improve_policy(batch)
+    finite_params = all(torch.isfinite(p).all() for p in update_rule.policy.parameters())
     if finite_params and all(math.isfinite(v) for v in stats.values()):
         return stats
-    for network, state in zip(networks, saved[0]):
-        network.load_state_dict(state)
+    update_rule.policy.load_state_dict(saved[0])
     update_rule.load_state_dict(saved[1])
     return None
 

@@ -46,6 +46,11 @@ class UpdateRule:
             (a per-batch change of the surrogate's scale and baseline; the KL limit still sets the step).
         vf_lr_schedule: ``constant``, or ``linear``: ``vf_lr`` decays linearly to 0 over the run (see
             :meth:`anneal`).
+        vf_minibatches: each of the ``train_v_iters`` passes over the batch is split into this many shuffled
+            minibatches, one Adam step each; 1 (Spinning Up) is one full-batch step per pass.
+        vf_target: the value function's regression target :math:`\hat R_t`: ``rewards_to_go`` (discounted
+            returns, bootstrapped where an episode is cut; Spinning Up) or ``lambda_returns``
+            (:math:`\hat A_t + V(s_t)`, the TD(:math:`\lambda`) return: lower variance, biased by :math:`V`).
     """
 
     def __init__(
@@ -58,6 +63,8 @@ class UpdateRule:
         train_v_iters: int,
         normalize_advantages: bool = False,
         vf_lr_schedule: str = "constant",
+        vf_minibatches: int = 1,
+        vf_target: str = "rewards_to_go",
     ):
         self.policy = policy
         self.value_function = value_function
@@ -67,6 +74,8 @@ class UpdateRule:
         self.vf_lr = vf_lr
         self.normalize_advantages = normalize_advantages
         self.vf_lr_schedule = vf_lr_schedule
+        self.vf_minibatches = vf_minibatches
+        self.vf_target = vf_target
         self.vf_optimizer = torch.optim.Adam(value_function.parameters(), lr=vf_lr)
 
     def anneal(self, progress: float) -> None:
@@ -84,31 +93,64 @@ class UpdateRule:
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One policy step and one value fit on the epoch's batch; returns the numbers to log."""
+        stats = self.improve_policy(batch)
+        stats.update(self.fit_value_function(batch))
+        return stats
+
+    def improve_policy(self, batch: Batch) -> dict[str, float]:
+        """The policy step, on the batch's advantages normalised first where ``normalize_advantages`` says so."""
         if self.normalize_advantages:
             advantages = batch.advantages
             batch = dataclasses.replace(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
-        stats = self.policy_step(batch)
-        stats.update(self.fit_value_function(batch))
-        return stats
+        return self.policy_step(batch)
 
     def policy_step(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
 
+    def value_fit_job(self, batch: Batch) -> ValueFitJob:
+        """What one value fit needs besides the network and its optimiser; the minibatches are drawn here, from
+        this process's RNG, so a fit gives the same numbers wherever it runs."""
+        rows = len(batch.returns)
+        # A full batch draws no permutation, so Spinning Up's setting leaves the RNG stream as it was.
+        passes = [
+            list(torch.randperm(rows).chunk(self.vf_minibatches)) if self.vf_minibatches > 1 else [slice(None)]
+            for _ in range(self.train_v_iters)
+        ]
+        return ValueFitJob(batch.obs, batch.returns, passes)
+
     def fit_value_function(self, batch: Batch) -> dict[str, float]:
-        """``train_v_iters`` Adam steps on :math:`\\frac1{|B|}\\sum_t (V_\\phi(s_t) - \\hat R_t)^2`."""
+        """Fit :math:`V_\\phi` on ``batch`` in this process (see :func:`fit_value_function`)."""
+        return fit_value_function(self.value_function, self.vf_optimizer, self.value_fit_job(batch))
 
-        def value_loss() -> torch.Tensor:
-            return ((self.value_function(batch.obs) - batch.returns) ** 2).mean()
 
-        with torch.no_grad():
-            loss_before = value_loss().item()
-        for _ in range(self.train_v_iters):
-            self.vf_optimizer.zero_grad()
-            value_loss().backward()
-            self.vf_optimizer.step()
-        with torch.no_grad():
-            loss_after = value_loss().item()
-        return {"LossV": loss_before, "DeltaLossV": loss_after - loss_before}
+@dataclasses.dataclass
+class ValueFitJob:
+    """One epoch's regression data for the value function, and the rows of every Adam step."""
+
+    obs: torch.Tensor
+    returns: torch.Tensor
+    passes: list[list[torch.Tensor | slice]]  # per pass over the batch, the rows of each minibatch
+
+
+def fit_value_function(
+    value_function: ValueFunction, optimizer: torch.optim.Optimizer, job: ValueFitJob
+) -> dict[str, float]:
+    """Adam steps on :math:`\\frac1{|B|}\\sum_{t \\in B} (V_\\phi(s_t) - \\hat R_t)^2`, one per minibatch :math:`B`
+    of each pass; returns the full-batch loss before and its change."""
+
+    def value_loss(rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        return ((value_function(job.obs[rows]) - job.returns[rows]) ** 2).mean()
+
+    with torch.no_grad():
+        loss_before = value_loss().item()
+    for minibatches in job.passes:
+        for rows in minibatches:
+            optimizer.zero_grad()
+            value_loss(rows).backward()
+            optimizer.step()
+    with torch.no_grad():
+        loss_after = value_loss().item()
+    return {"LossV": loss_before, "DeltaLossV": loss_after - loss_before}
 
 
 class TRPO(UpdateRule):
