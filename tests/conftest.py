@@ -26,8 +26,16 @@ CONF_DIR = ROOT / "conf"
 WALL_CLOCK = {"Time", "SampleTime", "UpdateTime", "ValueFitTime"}
 
 # Small enough for seconds, large enough that every code path (episode ends, evaluation) runs.
-# Value fits inline: a child process per tiny run would cost more than it saves (tests that need it set it).
-TINY = ["epochs=2", "steps_per_epoch=400", "eval.episodes=2", "optimizer.train_v_iters=5", "overlap_value_fit=false"]
+# Envs and value fits in the test's own process: a worker per tiny run would cost more than it saves (tests of
+# the workers and of the overlap set them).
+TINY = [
+    "epochs=2",
+    "steps_per_epoch=400",
+    "eval.episodes=2",
+    "optimizer.train_v_iters=5",
+    "sampler.workers=0",
+    "overlap_value_fit=false",
+]
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

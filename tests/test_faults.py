@@ -192,7 +192,7 @@ def test_guarded_policy_step_skips_a_non_finite_batch_without_stepping() -> None
 @pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
 def test_a_non_finite_value_fit_is_dropped_exactly(background: bool) -> None:
     """A return of 3e38 is finite, but its squared error overflows: the fit ends non-finite, and the value function
-    and its Adam state stay bit for bit as before it, in this process or in the child."""
+    and its Adam state stay bit for bit as before it, inline or in the background thread."""
     update_rule, next_batch = build_update_rule("trpo")
     value_fit = make_value_fit(update_rule, background)
     try:
@@ -209,8 +209,8 @@ def test_a_non_finite_value_fit_is_dropped_exactly(background: bool) -> None:
 
 
 def test_background_value_fit_gives_the_numbers_of_the_inline_one() -> None:
-    """Same batches, same minibatch draws: the child's fitted networks, Adam states and losses equal this
-    process's bit for bit."""
+    """Same batches, same minibatch draws: the background thread's fitted networks, Adam states and losses equal
+    the inline fit's bit for bit."""
     results = []
     for background in (False, True):
         update_rule, next_batch = build_update_rule("trpo")
@@ -335,7 +335,7 @@ def test_same_seed_and_config_give_identical_rows(tmp_path: Path) -> None:
 
 
 def test_rows_do_not_depend_on_where_the_value_fit_runs(tmp_path: Path) -> None:
-    """overlap_value_fit only moves the fit to a child process: the rows (checkpoint epochs and the others,
+    """overlap_value_fit only moves the fit to a background thread: the rows (checkpoint epochs and the others,
     minibatch draws included) are the same."""
     overrides = ["epochs=4", "save_freq=3", "optimizer.vf_minibatches=3"]
     inline = rows_of_run(tmp_path / "inline", [*overrides, "overlap_value_fit=false"])

@@ -47,19 +47,22 @@ def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def _tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
-    total, stack = 0, [pid]
+def _tree_memory_bytes(pid: int) -> tuple[int, int]:
+    """Memory of a process and all its descendants, from /proc: the sum of their PSS (each shared page split
+    between the processes that map it: what the run really occupies) and the sum of their RSS (each process's
+    shared libraries counted again: an upper bound)."""
+    pss, rss, stack = 0, 0, [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.endswith("kB\n")}
+            pss, rss = pss + fields["Pss"], rss + fields["Rss"]
             with open(f"/proc/{p}/task/{p}/children") as f:
                 stack.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError, StopIteration):
+        except (FileNotFoundError, ProcessLookupError, KeyError):
             continue
-    return total
+    return pss, rss
 
 
 def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> dict:
@@ -67,11 +70,11 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
     args = [sys.executable, str(ROOT / "launch.py"), f"env={env}", f"epochs={epochs}", "logger.mode=disabled"]
     args += ["eval.episodes=1", f"hydra.run.dir={run_dir}", *overrides]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]  # PSS, RSS
 
     def watch() -> None:
         while process.poll() is None:
-            peak[0] = max(peak[0], _tree_rss_bytes(process.pid))
+            peak[:] = map(max, peak, _tree_memory_bytes(process.pid))
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -82,8 +85,8 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
         raise RuntimeError(f"launch.py failed: {stderr.strip()}")
     with open(run_dir / "progress.csv") as f:
         rows = list(csv.DictReader(f))
-    # The first epoch pays for warm-up (worker start, allocator); report the steady state after it.
-    steady = rows[1:] if len(rows) > 1 else rows
+    # The first two epochs pay for warm-up (process starts, allocator); report the steady state after them.
+    steady = rows[2:] if len(rows) > 2 else rows
     steps = int(rows[0]["TotalEnvInteracts"]) * len(steady)
     sample = sum(float(r["SampleTime"]) for r in steady)
     update = sum(float(r["UpdateTime"]) for r in steady)
@@ -93,7 +96,8 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
         "update_s_per_epoch": update / len(steady),
         "update_fraction": update / (sample + update),
         "sampling_steps_per_s": steps / sample,
-        "peak_rss_mib": peak[0] / 2**20,
+        "peak_pss_mib": peak[0] / 2**20,
+        "peak_rss_mib": peak[1] / 2**20,
     }
 
 
@@ -194,7 +198,7 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="halfcheetah", help="config name under conf/env/")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of the end-to-end run")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the end-to-end run")
     parser.add_argument("--sb3-steps", type=int, default=12_000, help="env steps of the sb3-contrib run")
     parser.add_argument("--skip-scaling", action="store_true", help="only the end-to-end comparison")
     parser.add_argument("overrides", nargs="*", help="extra launch.py overrides for the end-to-end run")
@@ -242,7 +246,7 @@ def format_table(r: dict) -> str:
         f"| this project, end to end | {p['steps_per_s']:,.0f} steps/s ({p['steps_per_s'] / raw:.2f}x raw) |",
         f"| - sampling | {p['sample_s_per_epoch']:.3f} s/epoch ({p['sampling_steps_per_s']:,.0f} steps/s) |",
         f"| - update | {p['update_s_per_epoch']:.3f} s/epoch ({100 * p['update_fraction']:.0f}% of the epoch) |",
-        f"| peak memory (all processes) | {p['peak_rss_mib']:.0f} MiB |",
+        f"| peak memory of the run's processes | {p['peak_pss_mib']:.0f} MiB PSS ({p['peak_rss_mib']:.0f} MiB RSS) |",
     ]
     if sb3 is not None:
         lines.append(
