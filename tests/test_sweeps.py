@@ -64,7 +64,7 @@ def test_launcher_configs_compose_with_documented_fields() -> None:
 
     slurm = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=cpu"]).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
-    assert slurm.partition == "cpu" and slurm.timeout_min == 120 and slurm.cpus_per_task == 1 and slurm.mem_gb == 4
+    assert slurm.partition == "cpu" and slurm.timeout_min == 120 and slurm.cpus_per_task == 2 and slurm.mem_gb == 4
     assert slurm.setup == ["export OMP_NUM_THREADS=1"]
 
     ray = compose_with_hydra(["hydra/launcher=ray_cluster"]).hydra.launcher

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+SEQUENTIAL = ["sampler.workers=0", "overlap_value_fit=false"]
 
 
 def raw_env_rate(env_id: str, steps: int = 20_000) -> float:
@@ -95,6 +96,7 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
         "sample_s_per_epoch": sample / len(steady),
         "update_s_per_epoch": update / len(steady),
         "update_fraction": update / (sample + update),
+        "value_fit_s_per_epoch": sum(float(r["ValueFitTime"] or 0) for r in steady) / len(steady),
         "sampling_steps_per_s": steps / sample,
         "peak_pss_mib": peak[0] / 2**20,
         "peak_rss_mib": peak[1] / 2**20,
@@ -215,11 +217,14 @@ def main(argv: list[str] | None = None) -> None:
 
     results["raw_env_steps_per_s"] = raw_env_rate(env_id)
     results["project"] = project_rate(args.env, args.epochs, args.overrides, out_dir / f"run-{stamp}")
+    # The same run with everything on one core, one step after the other: what the overlap buys.
+    sequential = [*SEQUENTIAL, *args.overrides]
+    results["project_sequential"] = project_rate(args.env, args.epochs, sequential, out_dir / f"run-{stamp}-seq")
     results["sb3_contrib_steps_per_s"] = sb3_contrib_rate(env_id, args.sb3_steps)
     if not args.skip_scaling:
         results["sampling_scaling"] = [
             {"num_envs": n, "workers": w, "steps_per_s": sampling_rate(env_id, n, w)}
-            for w in (0, 2)
+            for w in (0, 1, 2)
             for n in (1, 2, 4, 8, 16)
             if n >= w
         ]
@@ -245,9 +250,16 @@ def format_table(r: dict) -> str:
         f"| raw env.step, 1 process | {raw:,.0f} steps/s |",
         f"| this project, end to end | {p['steps_per_s']:,.0f} steps/s ({p['steps_per_s'] / raw:.2f}x raw) |",
         f"| - sampling | {p['sample_s_per_epoch']:.3f} s/epoch ({p['sampling_steps_per_s']:,.0f} steps/s) |",
-        f"| - update | {p['update_s_per_epoch']:.3f} s/epoch ({100 * p['update_fraction']:.0f}% of the epoch) |",
+        f"| - update the epoch waits for | {p['update_s_per_epoch']:.3f} s/epoch ({100 * p['update_fraction']:.0f}% of the "
+        "epoch) |",
+        f"| - value fit, beside the next sampling | {p['value_fit_s_per_epoch']:.3f} s/epoch |",
         f"| peak memory of the run's processes | {p['peak_pss_mib']:.0f} MiB PSS ({p['peak_rss_mib']:.0f} MiB RSS) |",
     ]
+    q = r["project_sequential"]
+    lines.append(
+        f"| the same, all on one core ({' '.join(SEQUENTIAL)}) | {q['steps_per_s']:,.0f} steps/s, update "
+        f"{100 * q['update_fraction']:.0f}% of the epoch |"
+    )
     if sb3 is not None:
         lines.append(
             f"| sb3-contrib TRPO, same settings | {sb3:,.0f} steps/s (this project: {p['steps_per_s'] / sb3:.1f}x) |"
