@@ -337,7 +337,7 @@ def test_same_seed_and_config_give_identical_rows(tmp_path: Path) -> None:
 def test_rows_do_not_depend_on_where_the_value_fit_runs(tmp_path: Path) -> None:
     """overlap_value_fit only moves the fit to a background thread: the rows (checkpoint epochs and the others,
     minibatch draws included) are the same."""
-    overrides = ["epochs=4", "save_freq=3", "optimizer.vf_minibatches=3"]
+    overrides = ["epochs=4", "save_freq=3", "optimizer.vf_minibatches=3", "optimizer.vf_lr_schedule=linear"]
     inline = rows_of_run(tmp_path / "inline", [*overrides, "overlap_value_fit=false"])
     assert inline == rows_of_run(tmp_path / "overlap", [*overrides, "overlap_value_fit=true"])
 

@@ -44,11 +44,11 @@ def single_torch_thread():
     torch.set_num_threads(previous)
 
 
-def small_policy(kind: str, seed: int = 0):
-    """A float64 policy (obs_dim 3, one hidden layer of 5) for ``kind`` in ACTION_SPACES."""
+def small_policy(kind: str, seed: int = 0, activation: str = "tanh", hidden_sizes: tuple = (5,)):
+    """A float64 policy (obs_dim 3, by default one hidden layer of 5) for ``kind`` in ACTION_SPACES."""
     torch.manual_seed(seed)
     observation_space = gym.spaces.Box(-1.0, 1.0, (OBS_DIM,))
-    policy = make_policy(observation_space, ACTION_SPACES[kind], [5], "tanh", -0.5).double()
+    policy = make_policy(observation_space, ACTION_SPACES[kind], list(hidden_sizes), activation, -0.5).double()
     expected_type = GaussianPolicy if kind == "gaussian" else CategoricalPolicy
     assert isinstance(policy, expected_type)
     return policy
@@ -204,22 +204,23 @@ def test_conjugate_gradient_stops_early_at_residual_tol():
 # --- Fisher-vector product ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
-def test_fisher_vector_product_matches_explicit_hessian(kind):
-    """fisher_vector_product(v) equals (explicit Hessian of the mean KL at theta_old + damping I) @ v."""
-    policy = small_policy(kind)
+def test_fisher_vector_product_matches_explicit_hessian(kind, activation):
+    """fisher_vector_product(v), the Gauss-Newton form J^T M J v with a hand-written J v through two hidden layers,
+    equals (explicit Hessian of the mean KL at theta_old + damping I) @ v."""
+    policy = small_policy(kind, activation=activation, hidden_sizes=(5, 4))
     obs = torch.randn(32, OBS_DIM, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     params = list(policy.parameters())
-    with torch.no_grad():
-        old = policy.distribution(obs)
     hessian = explicit_kl_hessian(policy, obs)
     assert torch.linalg.matrix_norm(hessian) > 1e-2  # a non-trivial Fisher matrix, so the comparison means something
     eye = torch.eye(len(hessian), dtype=torch.float64)
 
     generator = torch.Generator().manual_seed(8)
+    outputs, jvp = policy.linearize(obs)
     for damping in (0.0, 0.1, 1.0):
-        product = fisher_vector_product(lambda: mean_kl(old, policy.distribution(obs)), params, damping)
-        for _ in range(3):  # the KL gradient's graph is reused across products
+        product = fisher_vector_product(outputs, jvp, policy.fisher_metric, params, damping)
+        for _ in range(3):  # the graph of the distribution's parameters is reused across products
             v = torch.randn(len(hessian), generator=generator, dtype=torch.float64)
             actual, expected = product(v), (hessian + damping * eye) @ v
             assert torch.allclose(actual, expected, rtol=1e-9, atol=1e-11), (actual - expected).abs().max()
@@ -233,10 +234,8 @@ def test_max_step_meets_quadratic_kl_model_exactly(kind):
     """For s = max_step(x, Hx, delta) with H the damped KL Hessian, 0.5 s^T H s == delta (H explicit, 1e-6 rel)."""
     policy = small_policy(kind, seed=1)
     obs = torch.randn(32, OBS_DIM, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    with torch.no_grad():
-        old = policy.distribution(obs)
     params = list(policy.parameters())
-    product = fisher_vector_product(lambda: mean_kl(old, policy.distribution(obs)), params, 0.1)
+    product = fisher_vector_product(*policy.linearize(obs), policy.fisher_metric, params, 0.1)
     hessian = explicit_kl_hessian(policy, obs) + 0.1 * torch.eye(sum(p.numel() for p in params), dtype=torch.float64)
 
     g = torch.randn(len(hessian), generator=torch.Generator().manual_seed(10), dtype=torch.float64)

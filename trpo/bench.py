@@ -4,10 +4,12 @@ Prints a Markdown table and writes the numbers as JSON under ``outputs/bench/``.
 
 - the raw single-process ``env.step`` rate of the task (random actions): the limit a sampler can reach on one core;
 - this project end to end (``launch.py`` in a subprocess, W&B off): env steps/s, the seconds each epoch spends
-  sampling and updating, and the peak resident memory summed over the run's processes;
+  sampling and waiting for its update, the value fit's own seconds, and the peak memory of the run's processes
+  (PSS and RSS); then the same run with everything on one core, one step after the other;
 - sb3-contrib's TRPO at identical settings, when it is installed (``make install-bench``);
-- scaling: sampling steps/s against ``sampler.num_envs`` (in this process, and over 2 worker processes), and the
-  update's time against network width and batch size.
+- scaling: sampling steps/s against ``sampler.num_envs`` (in this process, and over 1 and 2 worker processes),
+  the update's time against network width and batch size, and one Fisher-vector product in Gauss-Newton form
+  against the double backward pass.
 
 Timings are noisy on a shared machine: this is a tool to read, never a test that asserts.
 """
@@ -187,6 +189,36 @@ def update_time(width: int, batch_size: int, rule_name: str = "TRPO", obs_dim: i
     }
 
 
+def fisher_product_times(batch_size: int = 4000, obs_dim: int = 17, act_dim: int = 6, repeats: int = 30) -> dict:
+    """Milliseconds of one Fisher-vector product on a (64, 64) Gaussian policy: the Gauss-Newton form this
+    project uses, against the double backward pass of Spinning Up and sb3-contrib (same product, to rounding)."""
+    from trpo.networks import GaussianPolicy
+    from trpo.trust_region import fisher_vector_product, flat_grad, mean_kl
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim, act_dim, [64, 64], "tanh", -0.5)
+    params = list(policy.parameters())
+    obs = torch.randn(batch_size, obs_dim)
+    with torch.no_grad():
+        old = policy.distribution(obs)
+    kl_grad = flat_grad(mean_kl(old, policy.distribution(obs)), params, create_graph=True)
+
+    def double_backprop(v: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
+        return torch.cat([g.reshape(-1) for g in grads]) + 0.1 * v
+
+    gauss_newton = fisher_vector_product(*policy.linearize(obs), policy.fisher_metric, params, 0.1)
+    v = torch.randn(sum(p.numel() for p in params))
+    times = {}
+    for name, product in (("gauss_newton_ms", gauss_newton), ("double_backprop_ms", double_backprop)):
+        product(v)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            product(v)
+        times[name] = (time.perf_counter() - start) / repeats * 1000
+    return times
+
+
 def _machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -231,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         results["update_scaling"] = [update_time(w, 4000) for w in (64, 256, 1024)] + [
             update_time(64, b) for b in (1000, 16000)
         ] + [update_time(64, 4000, "VPG")]
+        results["fisher_vector_product"] = fisher_product_times()
 
     (out_dir / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
@@ -273,6 +306,12 @@ def format_table(r: dict) -> str:
         lines += [
             f"| {u['rule']} | {u['width']} | {u['batch']} | {u['policy_step_s']:.3f} | {u['value_fit_s']:.3f} |"
             for u in r["update_scaling"]
+        ]
+        f = r["fisher_vector_product"]
+        lines += [
+            "",
+            f"One Fisher-vector product, (64, 64) policy, batch 4000: Gauss-Newton {f['gauss_newton_ms']:.1f} ms, "
+            f"double backprop {f['double_backprop_ms']:.1f} ms",
         ]
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ distribution objects, so the update rules never need to know which one they hold
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -17,6 +17,16 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+# Each activation's derivative, written in terms of its output y (what a forward pass keeps).
+_SLOPES: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.Tanh: lambda y: 1 - y * y,
+    nn.ReLU: lambda y: (y > 0).to(y.dtype),
+    nn.ELU: lambda y: torch.where(y > 0, torch.ones_like(y), y + 1),  # alpha = 1
+}
+
+# The output of a network at a batch, and the map from a direction in its parameters (one tensor per parameter,
+# in ``parameters()`` order) to the output's change along that direction.
+Linearization = tuple[tuple[torch.Tensor, ...], Callable[[Sequence[torch.Tensor]], tuple[torch.Tensor, ...]]]
 
 
 def mlp(sizes: Sequence[int], activation: str, ortho_init: bool = False, output_gain: float = 1.0) -> nn.Sequential:
@@ -38,6 +48,40 @@ def mlp(sizes: Sequence[int], activation: str, ortho_init: bool = False, output_
     return nn.Sequential(*layers)
 
 
+def linearize_mlp(net: nn.Sequential, obs: torch.Tensor) -> tuple[torch.Tensor, Callable]:
+    r"""The output :math:`y = f_\theta(s)` of an :func:`mlp` at ``obs`` (with its autograd graph) and the map
+    :math:`d\theta \mapsto J\,d\theta`, the output's change along a direction in the parameters.
+
+    The map is forward-mode differentiation by hand, reusing this forward pass's layer inputs and activation
+    slopes: through a linear layer :math:`dz = dW\,x + db + W\,dx`, through an activation
+    :math:`dx' = \sigma'(z) \odot dz`. It costs a few matrix products and no second forward pass.
+    """
+    layer_inputs, slopes = [], []
+    x = obs
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            layer_inputs.append(x.detach())
+        x = layer(x)
+        if not isinstance(layer, nn.Linear):
+            slopes.append(_SLOPES[type(layer)](x.detach()))
+
+    def jvp(directions: Sequence[torch.Tensor]) -> torch.Tensor:
+        pairs = iter(directions)  # (dW, db) of each linear layer, in order
+        inputs, layer_slopes = iter(layer_inputs), iter(slopes)
+        dx = None
+        with torch.no_grad():
+            for layer in net:
+                if isinstance(layer, nn.Linear):
+                    d_weight, d_bias = next(pairs), next(pairs)
+                    dz = next(inputs) @ d_weight.T + d_bias
+                    dx = dz if dx is None else dz + dx @ layer.weight.T
+                else:
+                    dx = next(layer_slopes) * dx
+        return dx
+
+    return x, jvp
+
+
 class Policy(nn.Module):
     """A stochastic policy :math:`\\pi_\\theta(a|s)`."""
 
@@ -51,6 +95,15 @@ class Policy(nn.Module):
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The action used for evaluation: the mean, or the most likely class."""
+        raise NotImplementedError
+
+    def linearize(self, obs: torch.Tensor) -> Linearization:
+        """The distribution's parameters at ``obs`` and their Jacobian-vector map (see :func:`linearize_mlp`)."""
+        raise NotImplementedError
+
+    def fisher_metric(self, outputs: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor]) -> tuple:
+        r""":math:`M\,dy`: the Hessian of the batch's mean KL(old || new) with respect to the distribution's
+        parameters ``outputs``, at new = old, applied to ``tangents``."""
         raise NotImplementedError
 
 
@@ -85,6 +138,22 @@ class GaussianPolicy(Policy):
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mean_net(obs)
 
+    def linearize(self, obs: torch.Tensor) -> Linearization:
+        mean, mean_jvp = linearize_mlp(self.mean_net, obs)
+
+        def jvp(directions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            by_name = dict(zip((name for name, _ in self.named_parameters()), directions))
+            mean_directions = [by_name[f"mean_net.{name}"] for name, _ in self.mean_net.named_parameters()]
+            return mean_jvp(mean_directions), by_name["log_std"]
+
+        return (mean, self.log_std), jvp
+
+    def fisher_metric(self, outputs, tangents):
+        # Per state and action dimension, KL's curvature is 1/sigma^2 in the mean and 2 in log sigma, with no
+        # cross term; log sigma is shared by all states, so its curvature is not divided by the batch size.
+        (mean, log_std), (d_mean, d_log_std) = outputs, tangents
+        return d_mean * torch.exp(-2 * log_std.detach()) / len(mean), 2 * d_log_std
+
 
 class CategoricalPolicy(Policy):
     r""":math:`\pi_\theta(a|s) = \operatorname{softmax}(f_\theta(s))_a` over a discrete action set."""
@@ -97,6 +166,16 @@ class CategoricalPolicy(Policy):
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
         return Categorical(logits=self.logits_net(obs), validate_args=False)
+
+    def linearize(self, obs: torch.Tensor) -> Linearization:
+        logits, logits_jvp = linearize_mlp(self.logits_net, obs)
+        return (logits,), lambda directions: (logits_jvp(directions),)
+
+    def fisher_metric(self, outputs, tangents):
+        # KL's curvature in the logits is diag(p) - p p^T per state (the softmax's Jacobian).
+        (logits,), (d_logits,) = outputs, tangents
+        p = torch.softmax(logits.detach(), dim=-1)
+        return ((p * d_logits - p * (p * d_logits).sum(-1, keepdim=True)) / len(logits),)
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         return self.logits_net(obs).argmax(dim=-1)

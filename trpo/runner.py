@@ -168,11 +168,12 @@ class Runner:
             waiting: tuple[dict, dict | None] | None = None
             for epoch in range(start_epoch, cfg.epochs):
                 epoch_start = time.perf_counter()
-                update_rule.anneal(epoch / cfg.epochs)
                 episodes = sampler.collect(buffer)
                 if waiting is not None:
                     complete(*waiting)
                     waiting = None
+                # Only now: the previous epoch's value fit, which may have run until here, keeps its own rate.
+                update_rule.anneal(epoch / cfg.epochs)
                 batch, values = buffer.compute_batch(
                     value_function, update_rule.gamma, update_rule.lam, update_rule.vf_target
                 )

@@ -68,19 +68,35 @@ def set_flat_params(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
 
 
 def fisher_vector_product(
-    kl_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], damping_coeff: float
+    outputs: Sequence[torch.Tensor],
+    jvp: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
+    metric: Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], Sequence[torch.Tensor]],
+    params: Sequence[torch.Tensor],
+    damping_coeff: float,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    r"""Return :math:`v \mapsto (H + \lambda I)\,v` with :math:`H = \nabla^2_\theta \bar D_{KL}` at the current
-    parameters and :math:`\lambda` = ``damping_coeff``, never forming :math:`H`.
+    r"""Return :math:`v \mapsto (H + \lambda I)\,v` with :math:`H = \nabla^2_\theta \bar D_{KL}` at
+    :math:`\theta_k` and :math:`\lambda` = ``damping_coeff``, never forming :math:`H`.
 
-    Uses double backprop: :math:`Hv = \nabla_\theta \big( (\nabla_\theta \bar D_{KL})^\top v \big)`. The gradient of
-    the KL is built once and reused for every product. The damping keeps the system well conditioned where the
-    sampled :math:`H` is near singular.
+    The KL depends on :math:`\theta` only through the distribution's parameters :math:`y` (Gaussian means and
+    log-stds, or logits), and its gradient in :math:`y` is zero at :math:`\theta_k`, so its Hessian is the
+    Gauss-Newton form -- the Fisher information:
+
+    .. math::
+
+        H = J^\top M J, \qquad J = \partial y / \partial \theta, \qquad M = \nabla^2_y \bar D_{KL}.
+
+    One product is a Jacobian-vector product ``jvp(v)`` (:math:`J v`), the metric ``metric(outputs, Jv)``
+    (:math:`M` is known in closed form for each distribution), and one backward pass through the graph of
+    ``outputs`` (:math:`J^\top u`), built once and reused for every product. ``outputs`` and ``jvp`` come from
+    :meth:`trpo.networks.Policy.linearize`, ``metric`` is :meth:`trpo.networks.Policy.fisher_metric`. The damping
+    keeps the system well conditioned where the sampled :math:`H` is near singular.
     """
-    kl_grad = flat_grad(kl_fn(), params, create_graph=True)
+    detached = [y.detach() for y in outputs]
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        grads = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
+        directions = [piece.view_as(p) for piece, p in zip(torch.split(v, [p.numel() for p in params]), params)]
+        weighted = metric(detached, jvp(directions))
+        grads = torch.autograd.grad(outputs, params, grad_outputs=weighted, retain_graph=True)
         return torch.cat([g.reshape(-1) for g in grads]) + damping_coeff * v
 
     return product

@@ -60,13 +60,19 @@ class InlineValueFit:
 class BackgroundValueFit:
     """Fits the value function in a background thread between :meth:`start` and :meth:`finish`.
 
-    Nothing may read or write the value function or its optimiser in between: the Runner only samples (with
-    the policy) until it calls :meth:`finish`.
+    Nothing may read or write the value function or its optimiser in between -- not even the learning-rate
+    schedule: the Runner only samples (with the policy) until it calls :meth:`finish`.
     """
 
     def __init__(self, update_rule: UpdateRule):
         self.update_rule = update_rule
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="value-fit")
+        # A new thread starts with OpenMP's default thread count, not the one torch_threads set in this one.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="value-fit",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        )
         self._fit: Future | None = None
 
     def start(self, batch: Batch) -> None:
