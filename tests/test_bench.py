@@ -1,0 +1,47 @@
+"""The bench's pieces that need no long run: its table, and its Fisher-vector product timing."""
+
+from __future__ import annotations
+
+from trpo.bench import SEQUENTIAL, fisher_product_times, format_table
+
+
+def project(steps_per_s: float) -> dict:
+    return {
+        "steps_per_s": steps_per_s,
+        "sample_s_per_epoch": 0.5,
+        "update_s_per_epoch": 0.1,
+        "update_fraction": 0.1 / 0.6,
+        "value_fit_s_per_epoch": 0.4,
+        "sampling_steps_per_s": 8000.0,
+        "peak_pss_mib": 400.0,
+        "peak_rss_mib": 500.0,
+    }
+
+
+def test_table_reports_the_ratios_to_the_simulator_and_to_sb3_contrib() -> None:
+    results = {
+        "date": "2026-11-26",
+        "machine": "test machine",
+        "env": "HalfCheetah-v5",
+        "overrides": [],
+        "raw_env_steps_per_s": 10_000.0,
+        "project": project(5_000.0),
+        "project_sequential": project(4_000.0),
+        "sb3_contrib_steps_per_s": 1_000.0,
+        "sampling_scaling": [{"num_envs": 16, "workers": 1, "steps_per_s": 7_000.0}],
+        "update_scaling": [{"rule": "TRPO", "width": 64, "batch": 4000, "policy_step_s": 0.1, "value_fit_s": 0.4}],
+        "fisher_vector_product": {"gauss_newton_ms": 4.0, "double_backprop_ms": 8.0},
+    }
+    table = format_table(results)
+    assert "| this project, end to end | 5,000 steps/s (0.50x raw) |" in table
+    assert "(this project: 5.0x)" in table
+    assert f"all on one core ({' '.join(SEQUENTIAL)}) | 4,000 steps/s" in table
+    assert "400 MiB PSS (500 MiB RSS)" in table
+    assert "Gauss-Newton 4.0 ms, double backprop 8.0 ms" in table
+    assert "| 16 | 1 | 7,000 |" in table
+
+
+def test_fisher_product_timing_runs_both_products() -> None:
+    times = fisher_product_times(batch_size=64, repeats=2)
+    assert set(times) == {"gauss_newton_ms", "double_backprop_ms"}
+    assert all(t > 0 for t in times.values())
