@@ -25,7 +25,8 @@ SWEEP_TINY = ["env=cartpole", *TINY, "sampler.workers=0", "sampler.num_envs=1"]
 
 def run_sweep(tmp_path: Path, *args: str) -> tuple:
     sweep_dir = tmp_path / "sweep"
-    result = launch(["-m", *args, *SWEEP_TINY, f"hydra.sweep.dir={sweep_dir}"])
+    # A generous limit: a launcher's start-up (Ray starts a dozen processes) takes minutes on a loaded machine.
+    result = launch(["-m", *args, *SWEEP_TINY, f"hydra.sweep.dir={sweep_dir}"], timeout=600)
     return result, sweep_dir
 
 
