@@ -1,8 +1,9 @@
 """Update rules: given one epoch's :class:`~trpo.buffer.Batch`, improve the policy and the value function.
 
 Every rule has the same interface -- build it with the two networks and its hyperparameters (Hydra's
-``_target_`` in ``conf/optimizer/*.yaml``), then call :meth:`UpdateRule.update` once per epoch -- so the
-Runner does not know which one it drives.
+``_target_`` in ``conf/optimizer/*.yaml``), then once per epoch call :meth:`UpdateRule.improve_policy` and fit
+the value function (:meth:`UpdateRule.fit_value_function`, or :mod:`trpo.value_fit`, which can run the fit
+beside the next epoch's sampling) -- so the Runner does not know which rule it drives.
 """
 
 from __future__ import annotations
@@ -90,12 +91,6 @@ class UpdateRule:
 
     def load_state_dict(self, state: dict) -> None:
         self.vf_optimizer.load_state_dict(state["vf_optimizer"])
-
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One policy step and one value fit on the epoch's batch; returns the numbers to log."""
-        stats = self.improve_policy(batch)
-        stats.update(self.fit_value_function(batch))
-        return stats
 
     def improve_policy(self, batch: Batch) -> dict[str, float]:
         """The policy step, on the batch's advantages normalised first where ``normalize_advantages`` says so."""
