@@ -57,7 +57,7 @@ docs-plots: install ## redraw docs/figures/ from the runs under outputs/docs/
 results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
 	for task in halfcheetah hopper walker2d; do \
 	  $(BIN)/python launch.py -m experiment=$$task seed=0,1,2 \
-	    hydra/launcher=parallel hydra.launcher.n_jobs=2 sampler.workers=0 overlap_value_fit=false logger.mode=disabled \
+	    hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
 	    hydra.sweep.dir=outputs/results/$$task || exit 1; \
 	done
 	$(BIN)/python -m trpo.results

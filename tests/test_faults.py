@@ -4,6 +4,7 @@ and the breadth of bad input a user can type."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import csv
 import math
 from pathlib import Path
@@ -23,7 +24,7 @@ from trpo.config import ConfigError, validate
 from trpo.networks import ValueFunction, make_policy
 from trpo.runner import NonFiniteError, RunIdentity, Runner, guarded_policy_step
 from trpo.sampler import Sampler
-from trpo.value_fit import make_value_fit
+from trpo.value_fit import ChildProcessValueFit, make_value_fit
 
 # 200 lockstep steps of 2 envs per epoch, in this process, so EnvBatch.step can be patched.
 CARTPOLE = ["env=cartpole", *TINY, "sampler.num_envs=2", "sampler.workers=0", "logger.mode=disabled"]
@@ -192,7 +193,7 @@ def test_guarded_policy_step_skips_a_non_finite_batch_without_stepping() -> None
 @pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
 def test_a_non_finite_value_fit_is_dropped_exactly(background: bool) -> None:
     """A return of 3e38 is finite, but its squared error overflows: the fit ends non-finite, and the value function
-    and its Adam state stay bit for bit as before it, inline or in the background thread."""
+    and its Adam state stay bit for bit as before it, inline or in the child process."""
     update_rule, next_batch = build_update_rule("trpo")
     value_fit = make_value_fit(update_rule, background)
     try:
@@ -209,7 +210,7 @@ def test_a_non_finite_value_fit_is_dropped_exactly(background: bool) -> None:
 
 
 def test_background_value_fit_gives_the_numbers_of_the_inline_one() -> None:
-    """Same batches, same minibatch draws: the background thread's fitted networks, Adam states and losses equal
+    """Same batches, same minibatch draws: the child process's fitted networks, Adam states and losses equal
     the inline fit's bit for bit."""
     results = []
     for background in (False, True):
@@ -323,6 +324,41 @@ def test_wandb_error_mid_run_does_not_stop_training(tmp_path: Path, monkeypatch)
 # 10. Determinism ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+def test_a_fit_finished_with_keep_false_changes_nothing(background: bool) -> None:
+    """The fit of an epoch whose policy step was skipped is dropped: value function and Adam state as before."""
+    update_rule, next_batch = build_update_rule("trpo")
+    value_fit = make_value_fit(update_rule, background)
+    try:
+        value_fit.start(next_batch())
+        assert value_fit.finish() is not None
+        before = snapshot(update_rule)
+        value_fit.start(next_batch())
+        assert value_fit.finish(keep=False) is None
+        assert all(state_equal(a, b) for a, b in zip(snapshot(update_rule), before))
+        value_fit.start(next_batch())  # and the next fit runs as usual
+        assert value_fit.finish() is not None
+        assert not all(state_equal(a, b) for a, b in zip(snapshot(update_rule), before))
+    finally:
+        value_fit.close()
+
+
+def test_an_error_in_the_child_process_is_raised_by_finish_and_the_child_ends_at_close() -> None:
+    update_rule, next_batch = build_update_rule("trpo")
+    value_fit = make_value_fit(update_rule, background=True)
+    assert isinstance(value_fit, ChildProcessValueFit)
+    try:
+        batch = next_batch()
+        value_fit.start(dataclasses.replace(batch, returns=batch.returns[:-1]))  # one target short of the rows
+        with pytest.raises(RuntimeError, match="size"):
+            value_fit.finish()
+        value_fit.start(next_batch())  # the child is still serving
+        assert value_fit.finish() is not None
+    finally:
+        value_fit.close()
+    assert not value_fit._process.is_alive()
+
+
 def rows_of_run(run_dir: Path, overrides: list[str]) -> list[dict[str, str]]:
     Runner(compose_config([*CARTPOLE, *overrides]), RunIdentity(run_dir)).run()
     return without_wall_clock(read_rows(run_dir))
@@ -335,7 +371,7 @@ def test_same_seed_and_config_give_identical_rows(tmp_path: Path) -> None:
 
 
 def test_rows_do_not_depend_on_where_the_value_fit_runs(tmp_path: Path) -> None:
-    """overlap_value_fit only moves the fit to a background thread: the rows (checkpoint epochs and the others,
+    """overlap_value_fit only moves the fit to a child process: the rows (checkpoint epochs and the others,
     minibatch draws included) are the same."""
     overrides = ["epochs=4", "save_freq=3", "optimizer.vf_minibatches=3", "optimizer.vf_lr_schedule=linear"]
     inline = rows_of_run(tmp_path / "inline", [*overrides, "overlap_value_fit=false"])

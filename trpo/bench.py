@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SEQUENTIAL = ["sampler.workers=0", "overlap_value_fit=false"]
+SEQUENTIAL = ["overlap_value_fit=false"]
 
 
 def raw_env_rate(env_id: str, steps: int = 20_000) -> float:

@@ -91,7 +91,7 @@ def write_report(results_dir: Path, out: Path) -> str:
         "",
         f"Made {datetime.now():%Y-%m-%d %H:%M} by `{' '.join(['python -m trpo.results', *sys.argv[1:]])}` on "
         f"{machine_description()}, from the runs under `{display_path(results_dir)}`: "
-        "`python launch.py -m experiment=<task> seed=0,1,2 sampler.workers=0 overlap_value_fit=false "
+        "`python launch.py -m experiment=<task> seed=0,1,2 overlap_value_fit=false "
         "logger.mode=disabled "
         "hydra.sweep.dir=outputs/results/<task>`, as `make results` runs them.",
         "",

@@ -124,6 +124,8 @@ class Runner:
             skipped_updates = checkpoint.get("skipped_updates", 0)
             print(f"resuming {self.run_dir} at epoch {start_epoch}")
         keep_progress_rows(self.run_dir / "progress.csv", start_epoch)  # no checkpoint: start_epoch 0
+        # Before the loggers: the fit's child process is forked from this one before W&B starts its threads.
+        value_fit = make_value_fit(update_rule, background=cfg.overlap_value_fit)
         csv_logger = CSVLogger(self.run_dir / "progress.csv", EPOCH_KEYS + ["EvalEpRet"])
         wandb_logger = WandbLogger(
             self.run_dir,
@@ -137,7 +139,6 @@ class Runner:
             run_id=wandb_run_id,
         )
         progress = Progress(cfg.epochs * buffer.steps * envs.num_envs)
-        value_fit = make_value_fit(update_rule, background=cfg.overlap_value_fit)
         exit_code = 1
         try:
             start = time.perf_counter() - elapsed
@@ -146,7 +147,7 @@ class Runner:
             def complete(row: dict, policy_stats: dict | None) -> None:
                 """Add the epoch's value fit to its row, count a dropped update, and log the row."""
                 nonlocal skipped_updates, non_finite_streak
-                value_stats = value_fit.finish() if policy_stats is not None else None
+                value_stats = value_fit.finish(keep=policy_stats is not None)
                 if value_stats is None:
                     skipped_updates += 1
                     non_finite_streak += 1
@@ -165,6 +166,7 @@ class Runner:
                 progress.update(row)
 
             # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
+            # A skipped policy step drops its epoch's value fit too (keep=False).
             waiting: tuple[dict, dict | None] | None = None
             for epoch in range(start_epoch, cfg.epochs):
                 epoch_start = time.perf_counter()
@@ -178,9 +180,8 @@ class Runner:
                     value_function, update_rule.gamma, update_rule.lam, update_rule.vf_target
                 )
                 update_start = time.perf_counter()
+                value_fit.start(batch)  # V's regression needs only the batch: it runs beside the policy step
                 policy_stats = guarded_policy_step(update_rule, batch)
-                if policy_stats is not None:
-                    value_fit.start(batch)
                 update_end = time.perf_counter()
                 row = {
                     "Epoch": epoch,
@@ -194,7 +195,7 @@ class Runner:
                 }
                 last_epoch = epoch == cfg.epochs - 1
                 saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
-                if cfg.overlap_value_fit and not saves:
+                if value_fit.overlaps_sampling and not saves:
                     waiting = (row, policy_stats)
                     continue
                 # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
