@@ -77,18 +77,30 @@ def inject_nan_rewards(monkeypatch, poisoned_step) -> None:
 
 
 def record_updates(monkeypatch) -> list[dict]:
-    """Wrap the Runner's guarded_policy_step to see the networks and optimiser states just before each epoch's
-    update (so one record's ``before`` is the state after the previous epoch's policy step and value fit)."""
-    real = trpo.runner.guarded_policy_step
+    """Record the networks and optimiser states just before each epoch's update -- when the Runner builds the
+    batch, before the value fit starts and the policy steps -- and the policy step's stats (so one record's
+    ``before`` is the state after the previous epoch's policy step and value fit)."""
+    real_step, real_compute_batch = trpo.runner.guarded_policy_step, RolloutBuffer.compute_batch
     records = []
 
-    def wrapped(update_rule, batch):
-        before = snapshot(update_rule)
-        stats = real(update_rule, batch)
-        records.append({"before": before, "stats": stats})
-        return stats
+    def compute_batch(buffer, value_function, *args, **kwargs):
+        records.append({"before": snapshot(update_rules[-1])})
+        return real_compute_batch(buffer, value_function, *args, **kwargs)
 
-    monkeypatch.setattr(trpo.runner, "guarded_policy_step", wrapped)
+    def step(update_rule, batch):
+        records[-1]["stats"] = real_step(update_rule, batch)
+        return records[-1]["stats"]
+
+    update_rules = []  # the Runner's update rule, caught as it is built
+    real_instantiate = trpo.runner.instantiate
+
+    def instantiate(*args, **kwargs):
+        update_rules.append(real_instantiate(*args, **kwargs))
+        return update_rules[-1]
+
+    monkeypatch.setattr(trpo.runner, "instantiate", instantiate)
+    monkeypatch.setattr(RolloutBuffer, "compute_batch", compute_batch)
+    monkeypatch.setattr(trpo.runner, "guarded_policy_step", step)
     return records
 
 

@@ -19,6 +19,7 @@ from trpo.trust_region import (
     backtracking_line_search,
     conjugate_gradient,
     fisher_vector_product,
+    flat_grad,
     flat_params,
     max_step,
     mean_kl,
@@ -224,6 +225,23 @@ def test_fisher_vector_product_matches_explicit_hessian(kind, activation):
             v = torch.randn(len(hessian), generator=generator, dtype=torch.float64)
             actual, expected = product(v), (hessian + damping * eye) @ v
             assert torch.allclose(actual, expected, rtol=1e-9, atol=1e-11), (actual - expected).abs().max()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_the_linearisation_outputs_give_the_policy_distribution(kind):
+    """The policy step takes its surrogate from the linearisation's forward pass: distribution_of(outputs) must be
+    the policy's distribution, values and gradients alike."""
+    policy = small_policy(kind, hidden_sizes=(5, 4))
+    obs = torch.randn(16, OBS_DIM, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    direct = policy.distribution(obs)
+    actions = direct.sample()
+    outputs, _ = policy.linearize(obs)
+    from_outputs = policy.distribution_of(outputs)
+    params = list(policy.parameters())
+    assert torch.equal(from_outputs.log_prob(actions), direct.log_prob(actions))
+    assert torch.equal(
+        flat_grad(from_outputs.log_prob(actions).mean(), params), flat_grad(direct.log_prob(actions).mean(), params)
+    )
 
 
 # --- max_step -----------------------------------------------------------------------------------------------------

@@ -89,6 +89,11 @@ class Policy(nn.Module):
         """The action distribution at each observation of the batch."""
         raise NotImplementedError
 
+    def distribution_of(self, outputs: Sequence[torch.Tensor]) -> Distribution:
+        """The action distribution whose parameters are ``outputs``, as :meth:`linearize` returns them: so the
+        forward pass of a linearisation also serves the surrogate and its gradient."""
+        raise NotImplementedError
+
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """Draw one action per observation (the sampler's per-step call, so kept lean)."""
         return self.distribution(obs).sample()
@@ -128,7 +133,11 @@ class GaussianPolicy(Policy):
     def distribution(self, obs: torch.Tensor) -> Distribution:
         # Independent sums log-probs and KLs over action dimensions, as the diagonal Gaussian requires.
         # Argument validation is off: it costs more than the network on the per-step sampling path.
-        return Independent(Normal(self.mean_net(obs), self.log_std.exp(), validate_args=False), 1, validate_args=False)
+        return self.distribution_of((self.mean_net(obs), self.log_std))
+
+    def distribution_of(self, outputs: Sequence[torch.Tensor]) -> Distribution:
+        mean, log_std = outputs
+        return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         # The reparameterised draw mu + sigma * eps skips building a distribution object at every env step.
@@ -165,7 +174,11 @@ class CategoricalPolicy(Policy):
         self.logits_net = mlp([obs_dim, *hidden_sizes, num_actions], activation, ortho_init, output_gain=0.01)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
-        return Categorical(logits=self.logits_net(obs), validate_args=False)
+        return self.distribution_of((self.logits_net(obs),))
+
+    def distribution_of(self, outputs: Sequence[torch.Tensor]) -> Distribution:
+        (logits,) = outputs
+        return Categorical(logits=logits, validate_args=False)
 
     def linearize(self, obs: torch.Tensor) -> Linearization:
         logits, logits_jvp = linearize_mlp(self.logits_net, obs)

@@ -46,9 +46,11 @@ def mean_kl(old: Distribution, new: Distribution) -> torch.Tensor:
     return kl_divergence(old, new).mean()
 
 
-def flat_grad(output: torch.Tensor, params: Sequence[torch.Tensor], create_graph: bool = False) -> torch.Tensor:
+def flat_grad(
+    output: torch.Tensor, params: Sequence[torch.Tensor], create_graph: bool = False, retain_graph: bool = False
+) -> torch.Tensor:
     """The gradient of a scalar with respect to ``params``, concatenated into one vector."""
-    grads = torch.autograd.grad(output, params, create_graph=create_graph)
+    grads = torch.autograd.grad(output, params, create_graph=create_graph, retain_graph=retain_graph or create_graph)
     return torch.cat([g.reshape(-1) for g in grads])
 
 

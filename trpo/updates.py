@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch.distributions import Distribution
 
 from trpo.buffer import Batch
 from trpo.networks import Policy, ValueFunction
@@ -29,8 +30,12 @@ from trpo.trust_region import (
 
 def batch_surrogate(policy: Policy, batch: Batch) -> torch.Tensor:
     """The surrogate advantage :math:`L(\\theta_k, \\theta)` of ``policy``'s current parameters on ``batch``."""
-    logp = policy.distribution(batch.obs).log_prob(batch.actions)
-    return surrogate_advantage(logp, batch.logp_old, batch.advantages)
+    return distribution_surrogate(policy.distribution(batch.obs), batch)
+
+
+def distribution_surrogate(distribution: Distribution, batch: Batch) -> torch.Tensor:
+    """The surrogate advantage of a policy whose action distributions at ``batch.obs`` are ``distribution``."""
+    return surrogate_advantage(distribution.log_prob(batch.actions), batch.logp_old, batch.advantages)
 
 
 class UpdateRule:
@@ -280,28 +285,24 @@ class _NaturalGradientStep:
         self.batch = batch
         self.delta = delta
         self.params = list(policy.parameters())
-        with torch.no_grad():
-            self.old_distribution = policy.distribution(batch.obs)
-        surrogate = self.surrogate()
-        self.surrogate_old = surrogate.item()
-        g = flat_grad(surrogate, self.params)
+        # One forward pass serves the old distribution, the surrogate's gradient g and the Fisher products.
         outputs, jvp = policy.linearize(batch.obs)
+        self.old_distribution = policy.distribution_of([y.detach() for y in outputs])
+        surrogate = distribution_surrogate(policy.distribution_of(outputs), batch)
+        self.surrogate_old = surrogate.item()
+        g = flat_grad(surrogate, self.params, retain_graph=True)
         hessian_vector_product = fisher_vector_product(outputs, jvp, policy.fisher_metric, self.params, damping_coeff)
         x = conjugate_gradient(hessian_vector_product, g, cg_iters)
         self.full_step = max_step(x, hessian_vector_product(x), delta)
         self.params_old = flat_params(self.params)
 
-    def surrogate(self) -> torch.Tensor:
-        return batch_surrogate(self.policy, self.batch)
-
-    def kl(self) -> torch.Tensor:
-        return mean_kl(self.old_distribution, self.policy.distribution(self.batch.obs))
-
     def evaluate(self, candidate: torch.Tensor) -> tuple[float, float]:
         """Set the policy's parameters to ``candidate``; return the surrogate and the mean KL there."""
         set_flat_params(self.params, candidate)
         with torch.no_grad():
-            return self.surrogate().item(), self.kl().item()
+            distribution = self.policy.distribution(self.batch.obs)
+            surrogate = distribution_surrogate(distribution, self.batch)
+            return surrogate.item(), mean_kl(self.old_distribution, distribution).item()
 
     def stats(self, surrogate: float, kl: float, **extra: float) -> dict[str, float]:
         return {

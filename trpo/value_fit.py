@@ -29,36 +29,48 @@ from trpo.buffer import Batch
 from trpo.updates import UpdateRule, ValueFitJob, fit_value_function
 
 
+def value_states(update_rule: UpdateRule) -> tuple[dict, dict]:
+    """Copies of the value function's and its Adam optimiser's states."""
+    return copy.deepcopy(update_rule.value_function.state_dict()), copy.deepcopy(update_rule.vf_optimizer.state_dict())
+
+
+def load_value_states(update_rule: UpdateRule, states: tuple[dict, dict]) -> None:
+    update_rule.value_function.load_state_dict(states[0])
+    update_rule.vf_optimizer.load_state_dict(states[1])
+
+
 def guarded_value_fit(update_rule: UpdateRule, job: ValueFitJob) -> dict[str, float] | None:
     """Fit the update rule's value function on ``job``; undo the fit if it ends non-finite (then None)."""
-    value_function, optimizer = update_rule.value_function, update_rule.vf_optimizer
-    saved = copy.deepcopy(value_function.state_dict()), copy.deepcopy(optimizer.state_dict())
+    saved = value_states(update_rule)
     started = time.perf_counter()
-    stats = fit_value_function(value_function, optimizer, job)
-    finite_params = all(torch.isfinite(p).all() for p in value_function.parameters())
+    stats = fit_value_function(update_rule.value_function, update_rule.vf_optimizer, job)
+    finite_params = all(torch.isfinite(p).all() for p in update_rule.value_function.parameters())
     if finite_params and all(math.isfinite(v) for v in stats.values()):
         return {**stats, "ValueFitTime": time.perf_counter() - started}
-    value_function.load_state_dict(saved[0])
-    optimizer.load_state_dict(saved[1])
+    load_value_states(update_rule, saved)
     return None
 
 
 class InlineValueFit:
-    """Fits the value function at :meth:`finish`, in this process."""
+    """Fits the value function at :meth:`start`, in this process (so the epoch's update time includes the fit)."""
 
-    overlaps_sampling = False  # finish() before the next epoch's sampling overwrites the batch
+    overlaps_sampling = False
 
     def __init__(self, update_rule: UpdateRule):
         self.update_rule = update_rule
-        self._job: ValueFitJob | None = None
+        self._before: tuple[dict, dict] | None = None
+        self._result: dict[str, float] | None = None
 
     def start(self, batch: Batch) -> None:
-        self._job = self.update_rule.value_fit_job(batch)
+        self._before = value_states(self.update_rule)
+        self._result = guarded_value_fit(self.update_rule, self.update_rule.value_fit_job(batch))
 
     def finish(self, keep: bool = True) -> dict[str, float] | None:
-        """Fit now, unless ``keep`` is False; the fit's stats, or None when it was dropped."""
-        job, self._job = self._job, None
-        return guarded_value_fit(self.update_rule, job) if keep else None
+        """The fit's stats, or None when it was dropped; ``keep`` False undoes it."""
+        if keep:
+            return self._result
+        load_value_states(self.update_rule, self._before)
+        return None
 
     def close(self) -> None:
         pass
@@ -73,7 +85,6 @@ def _serve_value_fits(
     """The child's loop: take the parent's value function and Adam state with each job, fit, send them back."""
     parent_end.close()  # the fork's copy of it: with it open, the parent's death would not end the loop
     torch.set_num_threads(torch_threads)
-    value_function, optimizer = update_rule.value_function, update_rule.vf_optimizer
     while True:
         try:
             message = connection.recv_bytes()
@@ -81,11 +92,10 @@ def _serve_value_fits(
             return
         if message == _STOP:
             return
-        value_state, optimizer_state, job = pickle.loads(message)
+        states, job = pickle.loads(message)
         try:
-            value_function.load_state_dict(value_state)
-            optimizer.load_state_dict(optimizer_state)
-            result = (guarded_value_fit(update_rule, job), value_function.state_dict(), optimizer.state_dict())
+            load_value_states(update_rule, states)
+            result = (guarded_value_fit(update_rule, job), value_states(update_rule))
         except Exception as error:  # raised again in the parent, by finish()
             result = error
         try:
@@ -124,9 +134,8 @@ class ChildProcessValueFit:
 
     def start(self, batch: Batch) -> None:
         job = self.update_rule.value_fit_job(batch)
-        value_function, optimizer = self.update_rule.value_function, self.update_rule.vf_optimizer
         # Plain pickle copies tensors by value; multiprocessing's pickler would move them to shared memory.
-        self._connection.send_bytes(pickle.dumps((value_function.state_dict(), optimizer.state_dict(), job)))
+        self._connection.send_bytes(pickle.dumps((value_states(self.update_rule), job)))
         self._fitting = True
 
     def finish(self, keep: bool = True) -> dict[str, float] | None:
@@ -136,11 +145,10 @@ class ChildProcessValueFit:
         self._fitting = False
         if isinstance(result, Exception):
             raise result
-        stats, value_state, optimizer_state = result
+        stats, states = result
         if not keep or stats is None:
             return None
-        self.update_rule.value_function.load_state_dict(value_state)
-        self.update_rule.vf_optimizer.load_state_dict(optimizer_state)
+        load_value_states(self.update_rule, states)
         return stats
 
     def close(self) -> None:
