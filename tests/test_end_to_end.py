@@ -44,9 +44,11 @@ def test_run_writes_progress_csv_and_wandb_run(tmp_path: Path, env: str) -> None
 
 
 def test_sweep_gives_one_wandb_group_and_named_runs(tmp_path: Path) -> None:
-    """`-m optimizer.delta=0.01,0.02` runs two jobs whose W&B runs share one group and are named by override."""
+    """`-m optimizer.delta=0.01,0.02` runs two jobs whose W&B runs share one group and are named by override.
+    With the value fit in its child process, as by default: the second job forks it after the first job's W&B."""
     sweep_dir = tmp_path / "sweep"
-    result = launch(["-m", "env=cartpole", "optimizer.delta=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep_dir}"])
+    overrides = ["env=cartpole", "optimizer.delta=0.01,0.02", *TINY, "overlap_value_fit=true"]
+    result = launch(["-m", *overrides, f"hydra.sweep.dir={sweep_dir}"])
     assert result.returncode == 0, result.stderr
 
     records = []
