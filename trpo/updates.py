@@ -259,15 +259,15 @@ class VPG(UpdateRule):
     def policy_step(self, batch: Batch) -> dict[str, float]:
         with torch.no_grad():
             old_distribution = self.policy.distribution(batch.obs)
-
-        surrogate_old = batch_surrogate(self.policy, batch).item()
+            surrogate_old = distribution_surrogate(old_distribution, batch).item()
         for _ in range(self.train_pi_iters):
             self.pi_optimizer.zero_grad()
             (-batch_surrogate(self.policy, batch)).backward()
             self.pi_optimizer.step()
         with torch.no_grad():
-            surrogate_new = batch_surrogate(self.policy, batch).item()
-            kl = mean_kl(old_distribution, self.policy.distribution(batch.obs)).item()
+            new_distribution = self.policy.distribution(batch.obs)
+            surrogate_new = distribution_surrogate(new_distribution, batch).item()
+            kl = mean_kl(old_distribution, new_distribution).item()
         return {
             "LossPi": -surrogate_old,
             "DeltaLossPi": -(surrogate_new - surrogate_old),
