@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,sweep]'
 	touch $@
 
-.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results clean
+.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results results-general clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,14 @@ results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time),
 	    hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
 	    hydra.sweep.dir=outputs/results/$$task || exit 1; \
 	done
+	$(BIN)/python -m trpo.results
+
+GENERAL_TASKS ?= ant,swimmer,reacher,pusher,inverted_pendulum,inverted_double_pendulum
+GENERAL_SEEDS ?= 0
+results-general: install ## train the general preset (experiment=mujoco) 1M steps on GENERAL_TASKS, then write docs/results.md
+	$(BIN)/python launch.py -m experiment=mujoco env=$(GENERAL_TASKS) seed=$(GENERAL_SEEDS) \
+	  hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
+	  hydra.sweep.dir=outputs/results/general 'hydra.sweep.subdir=$${env.id}/$${seed}'
 	$(BIN)/python -m trpo.results
 
 clean: ## remove run outputs (keeps .venv)

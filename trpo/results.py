@@ -4,6 +4,8 @@ For each task it reads the runs under ``outputs/results/<task>/`` (written by
 ``python launch.py -m experiment=<task> seed=0,1,2``), tabulates each seed's final deterministic evaluation
 (``EvalEpRet``, the mean of ``eval.episodes`` episodes) and the mean ± std over seeds next to the goal and the
 anchors below, and draws the learning curves (mean ± std over seeds against env steps) with ``trpo.compare``.
+A second table shows the general preset on the other tasks, one row per Gymnasium id found under
+``outputs/results/general/`` (``python launch.py -m experiment=mujoco env=ant,swimmer,... seed=0``).
 Every number of ours comes from the runs' own ``progress.csv``; nothing is typed in.
 """
 
@@ -17,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trpo.compare import Group, collect_runs, machine_description, plot_curves
+from trpo.compare import Group, Run, collect_runs, machine_description, plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +31,8 @@ TASKS = {
 }
 # No seed may end below this share of its task's goal.
 SEED_FLOOR = 0.8
+# Under the results dir: runs of the general preset on any task (``make results-general``).
+GENERAL_DIR = "general"
 
 # Published or previously measured TRPO results at 1M env steps, quoted from their sources.
 ANCHORS = {
@@ -51,29 +55,46 @@ ANCHORS = {
 }
 
 
+def by_seed(runs: Sequence[Run]) -> list[Run]:
+    return sorted(runs, key=lambda r: (r.seed is None, r.seed))
+
+
+def seed_cells(runs: Sequence[Run]) -> tuple[str, str, str, np.ndarray]:
+    """EvalEpRet per seed ("unfinished" where a run has none), mean ± std over the finished runs, env steps
+    reached, and the finished runs' EvalEpRet."""
+    finals = [r.eval_return for r in runs]
+    seeds = " / ".join(f"{v:.0f}" if v is not None else "unfinished" for v in finals)
+    done = np.array([v for v in finals if v is not None])
+    mean_std = f"{done.mean():.0f} ± {done.std():.0f}" if len(done) else "n/a"
+    return seeds, mean_std, f"{max(r.steps_reached for r in runs):,}", done
+
+
 def task_row(task: str, env_id: str, goal: float, results_dir: Path, figures_dir: Path) -> Optional[list[str]]:
     """One table row (or None when the task has no runs yet), and its learning-curve figure."""
     task_dir = results_dir / task
     if not task_dir.is_dir():
         return None
-    runs = sorted(collect_runs([task_dir]), key=lambda r: (r.seed is None, r.seed))
+    runs = by_seed(collect_runs([task_dir]))
     if not runs:
         return None
     plot_curves([Group(f"TRPO, experiment={task}", runs)], figures_dir / f"results-{task}.png", title=f"{env_id}")
-    finals = [r.eval_return for r in runs]
-    seeds = " / ".join(f"{v:.0f}" if v is not None else "unfinished" for v in finals)
-    done = np.array([v for v in finals if v is not None])
-    mean_std = f"{done.mean():.0f} ± {done.std():.0f}" if len(done) else "n/a"
-    steps = max(r.steps_reached for r in runs)
+    seeds, mean_std, steps, done = seed_cells(runs)
     met = len(done) == 3 and done.mean() >= goal and done.min() >= SEED_FLOOR * goal
-    return [
-        env_id,
-        seeds,
-        mean_std,
-        f"{steps:,}",
-        f"{goal:.0f} (no seed < {SEED_FLOOR * goal:.0f})",
-        "yes" if met else "no",
-    ]
+    return [env_id, seeds, mean_std, steps, f"{goal:.0f} (no seed < {SEED_FLOOR * goal:.0f})", "yes" if met else "no"]
+
+
+def general_rows(general_dir: Path) -> list[list[str]]:
+    """One row per Gymnasium id among the runs under ``general_dir``: its seeds, EvalEpRet per seed, mean ± std
+    and env steps."""
+    by_env: dict[str, list[Run]] = {}
+    for run in collect_runs([general_dir]) if general_dir.is_dir() else []:
+        by_env.setdefault(str((run.config or {}).get("env.id", "unknown")), []).append(run)
+    rows = []
+    for env_id in sorted(by_env):
+        runs = by_seed(by_env[env_id])
+        seeds, mean_std, steps, _ = seed_cells(runs)
+        rows.append([env_id, ", ".join(str(r.seed) for r in runs), seeds, mean_std, steps])
+    return rows
 
 
 def display_path(path: Path) -> str:
@@ -85,6 +106,21 @@ def write_report(results_dir: Path, out: Path) -> str:
     figures.mkdir(parents=True, exist_ok=True)
     rows = [
         row for task, (env_id, goal) in TASKS.items() if (row := task_row(task, env_id, goal, results_dir, figures))
+    ]
+    general = general_rows(results_dir / GENERAL_DIR)
+    general_lines = [
+        "## The general preset on other tasks",
+        "",
+        (
+            f"`python launch.py -m experiment=mujoco env=<task> seed=...`, runs under "
+            f"`{display_path(results_dir / GENERAL_DIR)}` (`make results-general`): one set of hyperparameters, "
+            "EvalEpRet as above."
+        ),
+        "",
+        "| task | seeds | EvalEpRet per seed | mean ± std | env steps |",
+        "|---|---|---|---|---|",
+        *("| " + " | ".join(r) + " |" for r in general),
+        "",
     ]
     lines = [
         "# Results at 1M env steps",
@@ -110,6 +146,7 @@ def write_report(results_dir: Path, out: Path) -> str:
             for name, values in ANCHORS.items()
         ),
         "",
+        *(general_lines if general else []),
         "## Learning curves (mean ± std over seeds)",
         "",
         *(f"![{task}](figures/results-{task}.png)" for task in TASKS if (figures / f"results-{task}.png").exists()),

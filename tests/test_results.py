@@ -1,0 +1,69 @@
+"""`python -m trpo.results`: docs/results.md from run dirs, its goal check and the general preset's table.
+
+The run dirs are faked by hand (see tests/test_compare.py), so every expected cell can be worked out on paper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_compare import write_run
+from trpo.results import main
+
+
+def write_task(results_dir: Path, task: str, env_id: str, evals: list[float]) -> None:
+    for seed, eval_return in enumerate(evals):
+        write_run(
+            results_dir / task / str(seed),
+            [100.0, 200.0, 300.0],
+            eval_return=eval_return,
+            config={"seed": seed, "env.id": env_id},
+        )
+
+
+def table_row(text: str, first_cell: str) -> list[str]:
+    """The cells of the first markdown table row whose first cell is ``first_cell``."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row for {first_cell!r} in:\n{text}")
+
+
+def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    write_task(results, "halfcheetah", "HalfCheetah-v5", [4600.0, 4500.0, 4700.0])  # mean 4600: met
+    write_task(results, "hopper", "Hopper-v5", [4500.0, 4500.0, 2700.0])  # mean 3900, but 2700 < 2800
+    write_task(results, "walker2d", "Walker2d-v5", [5000.0, 4990.0, 5000.0])  # every seed above 4000, mean short
+    out = tmp_path / "docs" / "results.md"
+
+    assert main(["--results-dir", str(results), "--out", str(out)]) == 0
+
+    text = out.read_text()
+    assert table_row(text, "HalfCheetah-v5") == [
+        "HalfCheetah-v5", "4600 / 4500 / 4700", "4600 ± 82", "300", "4500 (no seed < 3600)", "yes"
+    ]
+    assert table_row(text, "Hopper-v5")[1:3] == ["4500 / 4500 / 2700", "3900 ± 849"]
+    assert table_row(text, "Hopper-v5")[-1] == "no"
+    assert table_row(text, "Walker2d-v5")[-1] == "no"
+    for task in ("halfcheetah", "hopper", "walker2d"):
+        assert (out.parent / "figures" / f"results-{task}.png").stat().st_size > 0
+        assert f"figures/results-{task}.png" in text
+    assert "general preset" not in text  # no runs under results/general: no table
+
+
+def test_general_preset_table_has_a_row_per_task_and_marks_unfinished_runs(tmp_path: Path) -> None:
+    general = tmp_path / "results" / "general"
+    write_run(general / "0", [1.0, 2.0, 3.0], eval_return=1221.4, config={"seed": 0, "env.id": "Ant-v5"})
+    write_run(general / "1", [1.0, 2.0, 3.0], eval_return=328.0, config={"seed": 0, "env.id": "Swimmer-v5"})
+    write_run(general / "2", [1.0, 2.0, 3.0], eval_return=340.0, config={"seed": 1, "env.id": "Swimmer-v5"})
+    write_run(general / "3", [1.0, 2.0], config={"seed": 2, "env.id": "Swimmer-v5"})  # still training
+    out = tmp_path / "results.md"
+
+    main(["--results-dir", str(tmp_path / "results"), "--out", str(out)])
+
+    text = out.read_text()
+    assert "## The general preset on other tasks" in text
+    assert table_row(text, "Ant-v5") == ["Ant-v5", "0", "1221", "1221 ± 0", "300"]
+    assert table_row(text, "Swimmer-v5") == ["Swimmer-v5", "0, 1, 2", "328 / 340 / unfinished", "334 ± 6", "300"]
+    assert "| HalfCheetah-v5 |" not in text.split("## Anchors")[0]  # no preset runs: no preset rows
