@@ -14,8 +14,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from trpo.compare import flatten
 from trpo.config import ConfigError, validate
 from trpo.networks import CategoricalPolicy, GaussianPolicy, make_policy
 from trpo.updates import UpdateRule
@@ -23,6 +24,13 @@ from trpo.updates import UpdateRule
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ENV_FILES = sorted(path.stem for path in (CONF_DIR / "env").glob("*.yaml"))
 OPTIMIZER_FILES = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.yaml"))
+EXPERIMENT_FILES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+# Task preset -> what it changes in the general preset ``experiment=mujoco env=<task>`` (its file says why).
+TASK_PRESET_CHANGES = {
+    "halfcheetah": {},
+    "hopper": {"policy.init_log_std": 0.0, "optimizer.delta": 0.02},
+    "walker2d": {"optimizer.gamma": 0.99, "optimizer.lam": 0.97, "optimizer.vf_minibatches": 1},
+}
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -163,3 +171,18 @@ def test_unknown_optimizer_target_is_refused():
     """An update rule with no schema is refused, naming optimizer._target_ and the value given."""
     with pytest.raises(ConfigError, match=r"^optimizer\._target_='trpo\.updates\.PPO'"):
         validate(compose_config(["optimizer._target_=trpo.updates.PPO"]))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENT_FILES)
+def test_experiment_preset_composes_and_validates(experiment):
+    validate(compose_config([f"experiment={experiment}"]))
+
+
+@pytest.mark.parametrize("task, changes", TASK_PRESET_CHANGES.items())
+def test_task_preset_is_the_general_preset_with_only_its_documented_changes(task, changes):
+    """The 1M-step task presets stay within the issue's budget of 1M env steps, and differ from the general
+    preset on their task in exactly the keys their files explain."""
+    preset = flatten(OmegaConf.to_container(compose_config([f"experiment={task}"]), resolve=True))
+    general = flatten(OmegaConf.to_container(compose_config(["experiment=mujoco", f"env={task}"]), resolve=True))
+    assert {key: value for key, value in preset.items() if general.get(key) != value} == changes
+    assert preset["epochs"] * preset["steps_per_epoch"] <= 1_000_000
