@@ -443,3 +443,25 @@ def test_mean_kl_matches_closed_form_diagonal_gaussian():
     expected = per_dim.sum(-1).mean().item()
     assert mean_kl(old, new).item() == pytest.approx(expected, rel=1e-12)
     assert mean_kl(new, old).item() != pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_linear_delta_schedule_scales_the_natural_step_by_the_root_of_what_is_left(kind):
+    """With delta_schedule=linear, a run 75% done steps with delta / 4: the full step sqrt(2 delta / x^T H x) x
+    is then exactly half the constant schedule's (NPG takes it whole), and at the end (progress 1) nothing moves."""
+    moves = {}
+    for schedule, progress in [("constant", 0.75), ("linear", 0.75), ("linear", 1.0)]:
+        policy = small_policy(kind)
+        batch = random_batch(policy, seed=0)
+        rule = trpo.updates.NPG(
+            policy, ValueFunction(OBS_DIM, [5], "tanh").double(), delta=0.01, damping_coeff=0.1, cg_iters=10,
+            delta_schedule=schedule, gamma=0.99, lam=0.97, vf_lr=1e-3, train_v_iters=1,
+        )
+        before = flat_params(list(policy.parameters()))
+        rule.anneal(progress)
+        rule.improve_policy(batch)
+        moves[schedule, progress] = flat_params(list(policy.parameters())) - before
+    constant = moves["constant", 0.75]
+    assert constant.norm() > 0
+    torch.testing.assert_close(moves["linear", 0.75], constant / 2, rtol=1e-9, atol=1e-12)
+    assert moves["linear", 1.0].norm() == 0

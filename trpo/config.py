@@ -78,6 +78,7 @@ class NPGConfig(ValueFitConfig):
     delta: float = field(default=0.01, metadata=positive())
     damping_coeff: float = field(default=0.1, metadata=at_least(0.0))
     cg_iters: int = field(default=10, metadata=at_least(1))
+    delta_schedule: str = field(default="constant", metadata=one_of("constant", "linear"))
 
 
 @dataclass

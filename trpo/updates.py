@@ -153,7 +153,46 @@ def fit_value_function(
     return {"LossV": loss_before, "DeltaLossV": loss_after - loss_before}
 
 
-class TRPO(UpdateRule):
+class _KLLimitedRule(UpdateRule):
+    r"""What TRPO and NPG share: a step of KL :math:`\delta` along the natural gradient, and its schedule.
+
+    Args:
+        delta: the KL limit :math:`\delta` per update; usually 0.01-0.05. Smaller is more conservative.
+        damping_coeff: added to :math:`H`'s diagonal for numerical stability; usually 0.1, rarely changed.
+        cg_iters: conjugate-gradient iterations; usually 10. More is a better solve, and slower.
+        delta_schedule: ``constant``, or ``linear``: :math:`\delta` decays linearly to 0 over the run (see
+            :meth:`anneal`), the trust-region analogue of a decaying learning rate: late updates move the policy
+            less, so the run ends on a settled policy rather than mid-oscillation.
+        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        value_function: ValueFunction,
+        delta: float,
+        damping_coeff: float,
+        cg_iters: int,
+        delta_schedule: str = "constant",
+        **value_kwargs,
+    ):
+        super().__init__(policy, value_function, **value_kwargs)
+        self.initial_delta = delta
+        self.delta = delta
+        self.damping_coeff = damping_coeff
+        self.cg_iters = cg_iters
+        self.delta_schedule = delta_schedule
+
+    def anneal(self, progress: float) -> None:
+        super().anneal(progress)
+        if self.delta_schedule == "linear":
+            self.delta = self.initial_delta * (1.0 - progress)
+
+    def natural_gradient_step(self, batch: Batch) -> _NaturalGradientStep:
+        return _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta)
+
+
+class TRPO(_KLLimitedRule):
     r"""Trust Region Policy Optimization (Schulman et al., 2015), the update of Spinning Up's ``trpo``.
 
     One policy step, in the paper's symbols:
@@ -166,34 +205,20 @@ class TRPO(UpdateRule):
        with :math:`\bar D_{KL} \le \delta` and an improved surrogate; if none, :math:`\theta_{k+1} = \theta_k`.
 
     Args:
-        delta: the KL limit :math:`\delta` per update; usually 0.01-0.05. Smaller is more conservative.
-        damping_coeff: added to :math:`H`'s diagonal for numerical stability; usually 0.1, rarely changed.
-        cg_iters: conjugate-gradient iterations; usually 10. More is a better solve, and slower.
+        delta, damping_coeff, cg_iters, delta_schedule: see :class:`_KLLimitedRule`.
         backtrack_iters: the most line-search steps; usually 10 (rarely reached).
         backtrack_coeff: :math:`\alpha`, the step's shrink factor per backtrack, in (0, 1); usually 0.8.
         **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
     """
 
-    def __init__(
-        self,
-        policy: Policy,
-        value_function: ValueFunction,
-        delta: float,
-        damping_coeff: float,
-        cg_iters: int,
-        backtrack_iters: int,
-        backtrack_coeff: float,
-        **value_kwargs,
-    ):
-        super().__init__(policy, value_function, **value_kwargs)
-        self.delta = delta
-        self.damping_coeff = damping_coeff
-        self.cg_iters = cg_iters
+    def __init__(self, policy: Policy, value_function: ValueFunction, backtrack_iters: int, backtrack_coeff: float,
+                 **kwargs):
+        super().__init__(policy, value_function, **kwargs)
         self.backtrack_iters = backtrack_iters
         self.backtrack_coeff = backtrack_coeff
 
     def policy_step(self, batch: Batch) -> dict[str, float]:
-        step = _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta)
+        step = self.natural_gradient_step(batch)
         result = backtracking_line_search(
             step.evaluate,
             step.params_old,
@@ -207,27 +232,18 @@ class TRPO(UpdateRule):
         return step.stats(result.surrogate, result.kl, BacktrackIters=result.backtracks)
 
 
-class NPG(UpdateRule):
+class NPG(_KLLimitedRule):
     r"""Natural policy gradient (Kakade, 2002): TRPO's full step :math:`\sqrt{2\delta / x^\top H x}\,x`, always taken.
 
     Without TRPO's line search nothing checks the quadratic model: the step may end with a KL above
     :math:`\delta` or a lower surrogate. ``KLExceeded`` and ``SurrogateWorse`` count how often (0 or 1 per epoch),
     which is what the line search buys.
 
-    Args:
-        delta: the KL the quadratic model allows per step; usually 0.01-0.05.
-        damping_coeff, cg_iters: as in :class:`TRPO`.
-        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+    Args: as :class:`_KLLimitedRule`.
     """
 
-    def __init__(self, policy, value_function, delta: float, damping_coeff: float, cg_iters: int, **value_kwargs):
-        super().__init__(policy, value_function, **value_kwargs)
-        self.delta = delta
-        self.damping_coeff = damping_coeff
-        self.cg_iters = cg_iters
-
     def policy_step(self, batch: Batch) -> dict[str, float]:
-        step = _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta)
+        step = self.natural_gradient_step(batch)
         surrogate, kl = step.evaluate(step.params_old + step.full_step)
         return step.stats(surrogate, kl, BacktrackIters=0)
 
