@@ -55,6 +55,7 @@ def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> N
 def test_general_preset_table_has_a_row_per_task_and_marks_unfinished_runs(tmp_path: Path) -> None:
     general = tmp_path / "results" / "general"
     write_run(general / "0", [1.0, 2.0, 3.0], eval_return=1221.4, config={"seed": 0, "env.id": "Ant-v5"})
+    write_run(general / "4", [1.0, 2.0, 3.0], eval_return=-3.27, config={"seed": 0, "env.id": "Reacher-v5"})
     write_run(general / "1", [1.0, 2.0, 3.0], eval_return=328.0, config={"seed": 0, "env.id": "Swimmer-v5"})
     write_run(general / "2", [1.0, 2.0, 3.0], eval_return=340.0, config={"seed": 1, "env.id": "Swimmer-v5"})
     write_run(general / "3", [1.0, 2.0], config={"seed": 2, "env.id": "Swimmer-v5"})  # still training
@@ -63,7 +64,8 @@ def test_general_preset_table_has_a_row_per_task_and_marks_unfinished_runs(tmp_p
     main(["--results-dir", str(tmp_path / "results"), "--out", str(out)])
 
     text = out.read_text()
-    assert "## The general preset on other tasks" in text
-    assert table_row(text, "Ant-v5") == ["Ant-v5", "0", "1221", "1221 ± 0", "300"]
+    assert "## The general preset on every task it was run on" in text
+    assert table_row(text, "Ant-v5") == ["Ant-v5", "0", "1221", "n/a", "300"]  # one seed: no spread to show
+    assert table_row(text, "Reacher-v5")[2] == "-3.3"  # small returns keep a decimal
     assert table_row(text, "Swimmer-v5") == ["Swimmer-v5", "0, 1, 2", "328 / 340 / unfinished", "334 ± 6", "300"]
     assert "| HalfCheetah-v5 |" not in text.split("## Anchors")[0]  # no preset runs: no preset rows

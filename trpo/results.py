@@ -4,7 +4,7 @@ For each task it reads the runs under ``outputs/results/<task>/`` (written by
 ``python launch.py -m experiment=<task> seed=0,1,2``), tabulates each seed's final deterministic evaluation
 (``EvalEpRet``, the mean of ``eval.episodes`` episodes) and the mean ± std over seeds next to the goal and the
 anchors below, and draws the learning curves (mean ± std over seeds against env steps) with ``trpo.compare``.
-A second table shows the general preset on the other tasks, one row per Gymnasium id found under
+A second table shows the general preset on every task it was run on, one row per Gymnasium id found under
 ``outputs/results/general/`` (``python launch.py -m experiment=mujoco env=ant,swimmer,... seed=0``).
 Every number of ours comes from the runs' own ``progress.csv``; nothing is typed in.
 """
@@ -59,13 +59,19 @@ def by_seed(runs: Sequence[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.seed is None, r.seed))
 
 
+def format_return(value: float, scale: Optional[float] = None) -> str:
+    """Whole numbers, but one decimal where returns (or ``scale``, the mean a std goes with) are small: Reacher's
+    are about -4."""
+    return f"{value:.0f}" if abs(value if scale is None else scale) >= 100 else f"{value:.1f}"
+
+
 def seed_cells(runs: Sequence[Run]) -> tuple[str, str, str, np.ndarray]:
-    """EvalEpRet per seed ("unfinished" where a run has none), mean ± std over the finished runs, env steps
-    reached, and the finished runs' EvalEpRet."""
+    """EvalEpRet per seed ("unfinished" where a run has none), mean ± std over the finished runs (n/a for fewer
+    than two), env steps reached, and the finished runs' EvalEpRet."""
     finals = [r.eval_return for r in runs]
-    seeds = " / ".join(f"{v:.0f}" if v is not None else "unfinished" for v in finals)
+    seeds = " / ".join(format_return(v) if v is not None else "unfinished" for v in finals)
     done = np.array([v for v in finals if v is not None])
-    mean_std = f"{done.mean():.0f} ± {done.std():.0f}" if len(done) else "n/a"
+    mean_std = f"{format_return(done.mean())} ± {format_return(done.std(), done.mean())}" if len(done) > 1 else "n/a"
     return seeds, mean_std, f"{max(r.steps_reached for r in runs):,}", done
 
 
@@ -109,12 +115,11 @@ def write_report(results_dir: Path, out: Path) -> str:
     ]
     general = general_rows(results_dir / GENERAL_DIR)
     general_lines = [
-        "## The general preset on other tasks",
+        "## The general preset on every task it was run on",
         "",
         (
-            f"`python launch.py -m experiment=mujoco env=<task> seed=...`, runs under "
-            f"`{display_path(results_dir / GENERAL_DIR)}` (`make results-general`): one set of hyperparameters, "
-            "EvalEpRet as above."
+            "One set of hyperparameters, `python launch.py -m experiment=mujoco env=<task> seed=...` "
+            f"(`make results-general`), runs under `{display_path(results_dir / GENERAL_DIR)}`; EvalEpRet as above."
         ),
         "",
         "| task | seeds | EvalEpRet per seed | mean ± std | env steps |",
