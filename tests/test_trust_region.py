@@ -266,6 +266,25 @@ def test_max_step_meets_quadratic_kl_model_exactly(kind):
         assert cosine.item() == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_trpo_step_does_not_depend_on_the_gradients_size(kind):
+    """Scaling every advantage by c scales g by c, and the step sqrt(2 delta / g^T H^-1 g) H^-1 g not at all: TRPO
+    moves the policy as far when the batch carries only noise as when it carries signal (docs/trpo.md, 2.2). Equal
+    to 1e-4 of its length, not to rounding: CG stops on an absolute residual, so a larger g can take one more
+    iteration."""
+    moves = []
+    for scale in (1.0, 10.0, 100.0):
+        policy = small_policy(kind)
+        batch = random_batch(policy, seed=0)
+        batch.advantages = batch.advantages * scale
+        before = flat_params(list(policy.parameters()))
+        make_trpo(policy, delta=0.01).improve_policy(batch)
+        moves.append(flat_params(list(policy.parameters())) - before)
+    assert moves[0].norm() > 0
+    for move in moves[1:]:
+        assert ((move - moves[0]).norm() / moves[0].norm()).item() < 1e-4
+
+
 # --- backtracking line search -------------------------------------------------------------------------------------
 
 
