@@ -8,6 +8,7 @@ hand-written surrogates. Everything runs in float64 on tiny networks so the tole
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -31,6 +32,7 @@ OBS_DIM = 3
 BATCH_SIZE = 64
 ACTION_SPACES = {
     "gaussian": gym.spaces.Box(-1.0, 1.0, (2,)),
+    "bounded_gaussian": gym.spaces.Box(np.float32([-1.0, 0.0]), np.float32([3.0, 0.5])),  # policy.bounded_mean=true
     "categorical": gym.spaces.Discrete(3),
 }
 
@@ -49,9 +51,15 @@ def small_policy(kind: str, seed: int = 0, activation: str = "tanh", hidden_size
     """A float64 policy (obs_dim 3, by default one hidden layer of 5) for ``kind`` in ACTION_SPACES."""
     torch.manual_seed(seed)
     observation_space = gym.spaces.Box(-1.0, 1.0, (OBS_DIM,))
-    policy = make_policy(observation_space, ACTION_SPACES[kind], list(hidden_sizes), activation, -0.5).double()
-    expected_type = GaussianPolicy if kind == "gaussian" else CategoricalPolicy
+    bounded = kind == "bounded_gaussian"
+    policy = make_policy(
+        observation_space, ACTION_SPACES[kind], list(hidden_sizes), activation, -0.5, bounded_mean=bounded
+    ).double()
+    expected_type = CategoricalPolicy if kind == "categorical" else GaussianPolicy
     assert isinstance(policy, expected_type)
+    if bounded:  # out of the near-zero start, so the mean's tanh is curved where the tests look
+        with torch.no_grad():
+            policy.mean_net[-2].weight.mul_(300.0)
     return policy
 
 
@@ -206,7 +214,7 @@ def test_conjugate_gradient_stops_early_at_residual_tol():
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical"])
 def test_fisher_vector_product_matches_explicit_hessian(kind, activation):
     """fisher_vector_product(v), the Gauss-Newton form J^T M J v with a hand-written J v through two hidden layers,
     equals (explicit Hessian of the mean KL at theta_old + damping I) @ v."""
@@ -227,7 +235,7 @@ def test_fisher_vector_product_matches_explicit_hessian(kind, activation):
             assert torch.allclose(actual, expected, rtol=1e-9, atol=1e-11), (actual - expected).abs().max()
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical"])
 def test_the_linearisation_outputs_give_the_policy_distribution(kind):
     """The policy step takes its surrogate from the linearisation's forward pass: distribution_of(outputs) must be
     the policy's distribution, values and gradients alike."""
@@ -244,10 +252,30 @@ def test_the_linearisation_outputs_give_the_policy_distribution(kind):
     )
 
 
+def test_bounded_mean_stays_inside_the_action_box_however_far_the_network_points():
+    """policy.bounded_mean=true: mu = center + half_range * tanh(net), so a network scaled to point far out still
+    puts the mean (the deterministic action) inside [low, high] and reaches both ends; unbounded, it leaves."""
+    obs = 3 * torch.randn(256, OBS_DIM, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    box = ACTION_SPACES["bounded_gaussian"]
+    low, high = (torch.as_tensor(bound, dtype=torch.float64) for bound in (box.low, box.high))
+    means = {}
+    for kind in ("bounded_gaussian", "gaussian"):
+        policy = small_policy(kind)
+        with torch.no_grad():
+            policy.mean_net[-2 if kind == "bounded_gaussian" else -1].weight.mul_(1e3)
+            means[kind] = policy.deterministic_action(obs)
+            torch.testing.assert_close(policy.distribution(obs).mean, means[kind])
+    bounded = means["bounded_gaussian"]
+    assert ((bounded >= low) & (bounded <= high)).all()
+    torch.testing.assert_close(bounded.min(0).values, low, atol=0.02, rtol=0)
+    torch.testing.assert_close(bounded.max(0).values, high, atol=0.02, rtol=0)
+    assert means["gaussian"].abs().max() > 10
+
+
 # --- max_step -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical"])
 def test_max_step_meets_quadratic_kl_model_exactly(kind):
     """For s = max_step(x, Hx, delta) with H the damped KL Hessian, 0.5 s^T H s == delta (H explicit, 1e-6 rel)."""
     policy = small_policy(kind, seed=1)

@@ -56,6 +56,7 @@ class PolicyConfig:
     activation: str = field(default="tanh", metadata=one_of("tanh", "relu", "elu"))
     init_log_std: float = -0.5
     ortho_init: bool = False
+    bounded_mean: bool = False
 
 
 @dataclass

@@ -124,16 +124,32 @@ class GaussianPolicy(Policy):
         activation: str,
         init_log_std: float,
         ortho_init: bool = False,
+        action_bounds: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         super().__init__()
         # A small output gain starts the policy near a zero mean, so early actions are set by the log-std.
         self.mean_net = mlp([obs_dim, *hidden_sizes, act_dim], activation, ortho_init, output_gain=0.01)
+        self.bounded = action_bounds is not None
+        if self.bounded:
+            # mu = center + half_range * tanh(net): with clipped actions, a mean far outside the box gives every
+            # sample the same action, so the advantages hold no signal that could bring the mean back.
+            low, high = (torch.as_tensor(np.asarray(bound, dtype=np.float32)) for bound in action_bounds)
+            if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+                raise ValueError("policy.bounded_mean needs an action space with finite bounds")
+            self.mean_net.append(nn.Tanh())
+            self.register_buffer("action_center", (high + low) / 2, persistent=False)
+            self.register_buffer("action_half_range", (high - low) / 2, persistent=False)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        r""":math:`\mu_\theta(s)`, inside the action box when the policy is bounded."""
+        net_out = self.mean_net(obs)
+        return self.action_center + self.action_half_range * net_out if self.bounded else net_out
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
         # Independent sums log-probs and KLs over action dimensions, as the diagonal Gaussian requires.
         # Argument validation is off: it costs more than the network on the per-step sampling path.
-        return self.distribution_of((self.mean_net(obs), self.log_std))
+        return self.distribution_of((self.mean(obs), self.log_std))
 
     def distribution_of(self, outputs: Sequence[torch.Tensor]) -> Distribution:
         mean, log_std = outputs
@@ -141,19 +157,21 @@ class GaussianPolicy(Policy):
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         # The reparameterised draw mu + sigma * eps skips building a distribution object at every env step.
-        mean = self.mean_net(obs)
+        mean = self.mean(obs)
         return mean + self.log_std.exp() * torch.randn_like(mean)
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.mean_net(obs)
+        return self.mean(obs)
 
     def linearize(self, obs: torch.Tensor) -> Linearization:
-        mean, mean_jvp = linearize_mlp(self.mean_net, obs)
+        net_out, net_jvp = linearize_mlp(self.mean_net, obs)
+        scale = self.action_half_range if self.bounded else 1.0
+        mean = self.action_center + scale * net_out if self.bounded else net_out
 
         def jvp(directions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             by_name = dict(zip((name for name, _ in self.named_parameters()), directions))
             mean_directions = [by_name[f"mean_net.{name}"] for name, _ in self.mean_net.named_parameters()]
-            return mean_jvp(mean_directions), by_name["log_std"]
+            return scale * net_jvp(mean_directions), by_name["log_std"]
 
         return (mean, self.log_std), jvp
 
@@ -212,12 +230,15 @@ def make_policy(
     activation: str,
     init_log_std: float,
     ortho_init: bool = False,
+    bounded_mean: bool = False,
 ) -> Policy:
-    """The policy that fits ``action_space``: Gaussian for ``Box``, Categorical for ``Discrete``."""
+    """The policy that fits ``action_space``: Gaussian for ``Box`` (its mean kept inside the box if
+    ``bounded_mean``), Categorical for ``Discrete``."""
     obs_dim = int(np.prod(observation_space.shape))
     if isinstance(action_space, gym.spaces.Box):
         act_dim = int(np.prod(action_space.shape))
-        return GaussianPolicy(obs_dim, act_dim, hidden_sizes, activation, init_log_std, ortho_init)
+        bounds = (action_space.low.ravel(), action_space.high.ravel()) if bounded_mean else None
+        return GaussianPolicy(obs_dim, act_dim, hidden_sizes, activation, init_log_std, ortho_init, bounds)
     if isinstance(action_space, gym.spaces.Discrete):
         return CategoricalPolicy(obs_dim, int(action_space.n), hidden_sizes, activation, ortho_init)
     raise TypeError(f"unsupported action space {action_space}")
