@@ -143,7 +143,9 @@ class GaussianPolicy(Policy):
 
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
         r""":math:`\mu_\theta(s)`, inside the action box when the policy is bounded."""
-        net_out = self.mean_net(obs)
+        return self._into_box(self.mean_net(obs))
+
+    def _into_box(self, net_out: torch.Tensor) -> torch.Tensor:
         return self.action_center + self.action_half_range * net_out if self.bounded else net_out
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
@@ -165,15 +167,14 @@ class GaussianPolicy(Policy):
 
     def linearize(self, obs: torch.Tensor) -> Linearization:
         net_out, net_jvp = linearize_mlp(self.mean_net, obs)
-        scale = self.action_half_range if self.bounded else 1.0
-        mean = self.action_center + scale * net_out if self.bounded else net_out
 
         def jvp(directions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             by_name = dict(zip((name for name, _ in self.named_parameters()), directions))
             mean_directions = [by_name[f"mean_net.{name}"] for name, _ in self.mean_net.named_parameters()]
-            return scale * net_jvp(mean_directions), by_name["log_std"]
+            d_net_out = net_jvp(mean_directions)
+            return (self.action_half_range * d_net_out if self.bounded else d_net_out), by_name["log_std"]
 
-        return (mean, self.log_std), jvp
+        return (self._into_box(net_out), self.log_std), jvp
 
     def fisher_metric(self, outputs, tangents):
         # Per state and action dimension, KL's curvature is 1/sigma^2 in the mean and 2 in log sigma, with no
