@@ -39,6 +39,7 @@ TINY = [
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """``conf/config.yaml`` composed with ``overrides``, as ``launch.py`` would see it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides or [])
 

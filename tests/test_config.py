@@ -6,22 +6,19 @@ environment file is also built (Gymnasium env and policy) to prove it names some
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from tests.conftest import CONF_DIR, compose_config
 from trpo.compare import flatten
 from trpo.config import ConfigError, validate
 from trpo.networks import CategoricalPolicy, GaussianPolicy, make_policy
 from trpo.updates import UpdateRule
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ENV_FILES = sorted(path.stem for path in (CONF_DIR / "env").glob("*.yaml"))
 OPTIMIZER_FILES = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.yaml"))
 EXPERIMENT_FILES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -31,12 +28,6 @@ TASK_PRESET_CHANGES = {
     "hopper": {"policy.init_log_std": 0.0, "optimizer.delta": 0.02, "optimizer.vf_target": "lambda_returns"},
     "walker2d": {"optimizer.gamma": 0.99, "optimizer.lam": 0.97, "optimizer.vf_minibatches": 1},
 }
-
-
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """``conf/config.yaml`` composed with ``overrides``, as ``launch.py`` would see it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides or [])
 
 
 def test_env_files_are_found():
