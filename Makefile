@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+comma := ,
 
 .DEFAULT_GOAL := help
 
@@ -11,10 +12,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,sweep]'
 	touch $@
 
-.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results results-general clean
+.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results results-heldout results-general clean
 
 help: ## show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
 install: $(BIN)/.installed ## create .venv and install the pinned dependencies
 
@@ -53,13 +54,21 @@ docs-plots: install ## redraw docs/figures/ from the runs under outputs/docs/
 	  $(COMPARE) $(DOCS_RUNS)/$$key --metrics KL,BacktrackIters,Time --panels KL --out-dir docs/figures --name $$key --title "TRPO: $$key, Hopper-v5" || exit 1; \
 	done
 
+# $(call train_presets,SEEDS,DIR): the 1M-step task presets on SEEDS, two jobs at a time, into DIR/<task>/<seed>.
 # Rerunning continues: a job whose dir holds a checkpoint resumes from it (a finished one is not trained again).
-results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
-	for task in halfcheetah hopper walker2d; do \
-	  $(BIN)/python launch.py -m experiment=$$task seed=0,1,2 \
+train_presets = for task in halfcheetah hopper walker2d; do \
+	  $(BIN)/python launch.py -m experiment=$$task seed=$(1) \
 	    hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
-	    hydra.sweep.dir=outputs/results/$$task || exit 1; \
+	    hydra.sweep.dir=$(2)/$$task 'hydra.sweep.subdir=$${seed}' || exit 1; \
 	done
+
+results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
+	$(call train_presets,0$(comma)1$(comma)2,outputs/results)
+	$(BIN)/python -m trpo.results
+
+HELDOUT_SEEDS ?= 3,4,5
+results-heldout: install ## the presets on seeds they were not chosen on (HELDOUT_SEEDS), then docs/results.md
+	$(call train_presets,$(HELDOUT_SEEDS),outputs/results/heldout)
 	$(BIN)/python -m trpo.results
 
 # Every Gymnasium MuJoCo v5 task: about 3 hours 15 minutes on 2 cores for three seeds (the runs of 2026-11-26,

@@ -6,16 +6,18 @@ The run dirs are faked by hand (see tests/test_compare.py), so every expected ce
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from tests.test_compare import write_run
 from trpo.results import main
 
 
-def write_task(results_dir: Path, task: str, env_id: str, evals: list[float]) -> None:
-    for seed, eval_return in enumerate(evals):
+def write_task(results_dir: Path, task: str, env_id: str, evals: list[Optional[float]], first_seed: int = 0) -> None:
+    """One finished run per ``evals`` entry (None: a run still training), seeds counted from ``first_seed``."""
+    for seed, eval_return in enumerate(evals, start=first_seed):
         write_run(
             results_dir / task / str(seed),
-            [100.0, 200.0, 300.0],
+            [100.0, 200.0, 300.0] if eval_return is not None else [100.0, 200.0],
             eval_return=eval_return,
             config={"seed": seed, "env.id": env_id},
         )
@@ -50,6 +52,30 @@ def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> N
         assert (out.parent / "figures" / f"results-{task}.png").stat().st_size > 0
         assert f"figures/results-{task}.png" in text
     assert "general preset" not in text  # no runs under results/general: no table
+    assert "not chosen on" not in text  # nor under results/heldout
+
+
+def test_heldout_table_applies_the_goal_to_the_other_seeds(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    write_task(results, "walker2d", "Walker2d-v5", [5372.0, 4612.0, 4715.0])
+    heldout = results / "heldout"
+    write_task(heldout, "walker2d", "Walker2d-v5", [5100.0, 5300.0, 4100.0], first_seed=3)  # mean 4833 < 5000
+    write_task(heldout, "halfcheetah", "HalfCheetah-v5", [4600.0, 4500.0, 4700.0], first_seed=3)  # met
+    write_task(heldout, "hopper", "Hopper-v5", [3600.0, None], first_seed=3)  # one still training: not met
+    out = tmp_path / "results.md"
+
+    main(["--results-dir", str(results), "--out", str(out)])
+
+    text = out.read_text()
+    section = text.split("## The presets on seeds they were not chosen on")[1].split("## ")[0]
+    assert table_row(section, "Walker2d-v5") == [
+        "Walker2d-v5", "3, 4, 5", "5100 / 5300 / 4100", "4833 ± 525", "300", "5000 (no seed < 4000)", "no"
+    ]
+    assert table_row(section, "HalfCheetah-v5")[1:3] == ["3, 4, 5", "4600 / 4500 / 4700"]
+    assert table_row(section, "HalfCheetah-v5")[-1] == "yes"
+    assert table_row(section, "Hopper-v5")[1:3] == ["3, 4", "3600 / unfinished"]
+    assert table_row(section, "Hopper-v5")[-1] == "no"
+    assert table_row(text, "Walker2d-v5")[1] == "5372 / 4612 / 4715"  # the main table keeps seeds 0, 1, 2
 
 
 def test_general_preset_table_has_a_row_per_task_and_marks_unfinished_runs(tmp_path: Path) -> None:
