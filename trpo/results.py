@@ -177,7 +177,7 @@ def write_report(results_dir: Path, out: Path) -> str:
         f"{machine_description()}, from the runs under `{display_path(results_dir)}`: "
         "`python launch.py -m experiment=<task> seed=0,1,2 overlap_value_fit=false "
         "logger.mode=disabled "
-        "hydra.sweep.dir=outputs/results/<task>`, as `make results` runs them.",
+        "hydra.sweep.dir=outputs/results/<task> 'hydra.sweep.subdir=${seed}'`, as `make results` runs them.",
         "",
         "EvalEpRet: the final policy's deterministic evaluation, mean over 10 episodes, per seed (0 / 1 / 2).",
         "",
