@@ -63,6 +63,19 @@ def by_seed(runs: Sequence[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.seed is None, r.seed))
 
 
+def runs_under(directory: Path) -> list[Run]:
+    """The runs under ``directory`` by seed; none when it does not exist yet."""
+    return by_seed(collect_runs([directory])) if directory.is_dir() else []
+
+
+def seed_list(runs: Sequence[Run]) -> str:
+    return ", ".join(str(r.seed) for r in runs)
+
+
+def markdown_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def format_return(value: float, scale: Optional[float] = None) -> str:
     """Whole numbers, but one decimal where returns (or ``scale``, the mean a std goes with) are small: Reacher's
     are about -4."""
@@ -90,10 +103,7 @@ def goal_cell(goal: float) -> str:
 
 def task_row(task: str, env_id: str, goal: float, results_dir: Path, figures_dir: Path) -> Optional[list[str]]:
     """One table row (or None when the task has no runs yet), and its learning-curve figure."""
-    task_dir = results_dir / task
-    if not task_dir.is_dir():
-        return None
-    runs = by_seed(collect_runs([task_dir]))
+    runs = runs_under(results_dir / task)
     if not runs:
         return None
     plot_curves([Group(f"TRPO, experiment={task}", runs)], figures_dir / f"results-{task}.png", title=f"{env_id}")
@@ -107,14 +117,12 @@ def heldout_rows(heldout_dir: Path) -> list[list[str]]:
     env steps, the goal, and whether these seeds (every one finished) meet it too."""
     rows = []
     for task, (env_id, goal) in TASKS.items():
-        task_dir = heldout_dir / task
-        runs = by_seed(collect_runs([task_dir])) if task_dir.is_dir() else []
+        runs = runs_under(heldout_dir / task)
         if not runs:
             continue
         seeds, mean_std, steps, done = seed_cells(runs)
         met = len(done) == len(runs) and meets_goal(done, goal)
-        seed_list = ", ".join(str(r.seed) for r in runs)
-        rows.append([env_id, seed_list, seeds, mean_std, steps, goal_cell(goal), "yes" if met else "no"])
+        rows.append([env_id, seed_list(runs), seeds, mean_std, steps, goal_cell(goal), "yes" if met else "no"])
     return rows
 
 
@@ -122,13 +130,13 @@ def general_rows(general_dir: Path) -> list[list[str]]:
     """One row per Gymnasium id among the runs under ``general_dir``: its seeds, EvalEpRet per seed, mean ± std
     and env steps."""
     by_env: dict[str, list[Run]] = {}
-    for run in collect_runs([general_dir]) if general_dir.is_dir() else []:
+    for run in runs_under(general_dir):
         by_env.setdefault(str((run.config or {}).get("env.id", "unknown")), []).append(run)
     rows = []
     for env_id in sorted(by_env):
-        runs = by_seed(by_env[env_id])
+        runs = by_env[env_id]  # runs_under gave them by seed
         seeds, mean_std, steps, _ = seed_cells(runs)
-        rows.append([env_id, ", ".join(str(r.seed) for r in runs), seeds, mean_std, steps])
+        rows.append([env_id, seed_list(runs), seeds, mean_std, steps])
     return rows
 
 
@@ -153,7 +161,7 @@ def write_report(results_dir: Path, out: Path) -> str:
         "",
         "| task | seeds | EvalEpRet per seed | mean ± std | env steps | goal | goal met on these seeds |",
         "|---|---|---|---|---|---|---|",
-        *("| " + " | ".join(r) + " |" for r in heldout),
+        *(markdown_row(r) for r in heldout),
         "",
     ]
     general = general_rows(results_dir / GENERAL_DIR)
@@ -167,7 +175,7 @@ def write_report(results_dir: Path, out: Path) -> str:
         "",
         "| task | seeds | EvalEpRet per seed | mean ± std | env steps |",
         "|---|---|---|---|---|",
-        *("| " + " | ".join(r) + " |" for r in general),
+        *(markdown_row(r) for r in general),
         "",
     ]
     lines = [
@@ -183,7 +191,7 @@ def write_report(results_dir: Path, out: Path) -> str:
         "",
         "| task | EvalEpRet per seed | mean ± std | env steps | goal | goal met |",
         "|---|---|---|---|---|---|",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *(markdown_row(r) for r in rows),
         "",
         "## Anchors (quoted from their sources, not rerun here)",
         "",
