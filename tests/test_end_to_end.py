@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
 from tests.conftest import TINY, compose_config, inspect_wandb, launch, wandb_runs
 from trpo.loggers import EPOCH_KEYS
@@ -71,6 +72,7 @@ def test_sweep_gives_one_wandb_group_and_named_runs(tmp_path: Path) -> None:
         ("optimizer.delta=-0.01", "optimizer.delta"),
         ("optimizer.backtrack_coeff=1.5", "optimizer.backtrack_coeff"),
         ("optimizer.delta=abc", "optimizer.delta"),
+        ("optimizer.natural_lr=0", "optimizer.natural_lr"),
         ("env.id=NoSuchEnv-v0", "env.id"),
     ],
 )
@@ -109,6 +111,26 @@ def test_unknown_group_option_is_refused_with_one_line(tmp_path: Path, override:
     group = override.split("=")[0]
     assert len(lines) == 1 and lines[0].startswith(f"error: {group}=") and "must be one of" in lines[0]
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("natural_lr", [None, 1e-4])
+def test_natural_lr_logs_how_much_of_the_trust_region_each_step_used(
+    tiny_cartpole_cfg: DictConfig, tmp_path: Path, natural_lr: float | None
+) -> None:
+    """Without natural_lr every step reaches the KL limit (StepScale 1, KL of the order of delta); a tiny
+    natural_lr takes the natural-gradient step eta H^-1 g instead, far inside it (StepScale < 0.1, KL < 1% of
+    delta)."""
+    tiny_cartpole_cfg.optimizer.natural_lr = natural_lr
+    Runner(tiny_cartpole_cfg, RunIdentity(tmp_path)).run()
+    rows = read_progress(tmp_path)
+    delta = tiny_cartpole_cfg.optimizer.delta
+    scales, kls = [float(r["StepScale"]) for r in rows], [float(r["KL"]) for r in rows]
+    if natural_lr is None:
+        assert scales == pytest.approx([1.0] * len(rows), rel=1e-6)
+        assert all(0.1 * delta < kl <= delta for kl in kls)
+    else:
+        assert all(0 < scale < 0.1 for scale in scales)
+        assert all(kl < 0.01 * delta for kl in kls)
 
 
 def test_progress_prints_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture) -> None:

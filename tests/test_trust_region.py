@@ -7,6 +7,8 @@ hand-written surrogates. Everything runs in float64 on tiny networks so the tole
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -122,8 +124,8 @@ def random_batch(policy, seed: int, size: int = BATCH_SIZE) -> Batch:
     return Batch(obs, actions, logp, advantages, torch.zeros(size, dtype=torch.float64))
 
 
-def make_trpo(policy, delta: float) -> TRPO:
-    """TRPO at Spinning Up's settings (10 CG iterations, 10 backtracks of 0.8) with the given delta."""
+def make_trpo(policy, delta: float, **options) -> TRPO:
+    """TRPO at Spinning Up's settings (10 CG iterations, 10 backtracks of 0.8) with the given delta and options."""
     value_function = ValueFunction(OBS_DIM, [5], "tanh").double()
     return TRPO(
         policy,
@@ -137,6 +139,7 @@ def make_trpo(policy, delta: float) -> TRPO:
         lam=0.97,
         vf_lr=1e-3,
         train_v_iters=1,
+        **options,
     )
 
 
@@ -292,6 +295,42 @@ def test_max_step_meets_quadratic_kl_model_exactly(kind):
         # s is a positive multiple of x: the direction is kept, only the length is set.
         cosine = (s @ x) / (torch.linalg.norm(s) * torch.linalg.norm(x))
         assert cosine.item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_max_step_is_the_natural_gradient_step_where_that_lies_inside_the_trust_region():
+    """With max_multiplier eta below the boundary's multiplier b = sqrt(2 delta / x^T H x), s = eta x exactly (its
+    quadratic KL (eta / b)^2 delta); above it, s is the boundary step, bit for bit (H explicit)."""
+    hessian = random_spd(6, seed=3)
+    x = torch.randn(6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    delta = 0.01
+    boundary = math.sqrt(2 * delta / (x @ hessian @ x).item())
+
+    inside = max_step(x, hessian @ x, delta, max_multiplier=boundary / 4)
+    torch.testing.assert_close(inside, boundary / 4 * x, rtol=1e-12, atol=0)
+    assert 0.5 * (inside @ hessian @ inside).item() == pytest.approx(delta / 16, rel=1e-9)
+    assert torch.equal(max_step(x, hessian @ x, delta, max_multiplier=4 * boundary), max_step(x, hessian @ x, delta))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_natural_lr_sizes_the_step_by_the_advantages_as_estimated(kind):
+    """With normalised advantages, g (and TRPO's step) is the same whatever the advantages' scale c. natural_lr
+    eta caps the step at eta * c * x: advantages 10x smaller move the policy exactly 10x less (StepScale < 1),
+    while large advantages get TRPO's own step (StepScale 1) -- small advantages, as on a solved task, no longer
+    move the policy a full delta."""
+    moves, scales = {}, {}
+    for scale, natural_lr in [(1e-3, 1.0), (1e-2, 1.0), (1e3, 1.0), (1e3, None)]:
+        policy = small_policy(kind)
+        batch = random_batch(policy, seed=0)
+        batch.advantages = batch.advantages * scale
+        before = flat_params(list(policy.parameters()))
+        stats = make_trpo(policy, 0.01, normalize_advantages=True, natural_lr=natural_lr).improve_policy(batch)
+        moves[scale, natural_lr] = flat_params(list(policy.parameters())) - before
+        scales[scale, natural_lr] = stats["StepScale"]
+    assert scales[1e-2, 1.0] < 1 and stats["BacktrackIters"] == 0
+    torch.testing.assert_close(moves[1e-2, 1.0], 10 * moves[1e-3, 1.0], rtol=1e-6, atol=1e-12)
+    assert scales[1e-2, 1.0] == pytest.approx(10 * scales[1e-3, 1.0], rel=1e-6)
+    assert torch.equal(moves[1e3, 1.0], moves[1e3, None])
+    assert scales[1e3, 1.0] == pytest.approx(1.0, rel=1e-9) and scales[1e3, None] == pytest.approx(1.0, rel=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])

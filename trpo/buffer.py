@@ -67,6 +67,9 @@ class Batch:
     logp_old: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    # What the advantages were divided by when they were normalised (1: as estimated). A step sized in the
+    # estimated advantages' own units (``natural_lr``) multiplies it back.
+    advantage_scale: float = 1.0
 
 
 class RolloutBuffer:

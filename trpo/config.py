@@ -80,6 +80,7 @@ class NPGConfig(ValueFitConfig):
     damping_coeff: float = field(default=0.1, metadata=at_least(0.0))
     cg_iters: int = field(default=10, metadata=at_least(1))
     delta_schedule: str = field(default="constant", metadata=one_of("constant", "linear"))
+    natural_lr: Optional[float] = field(default=None, metadata=_rule(lambda v: v is None or v > 0, "> 0, or null"))
 
 
 @dataclass

@@ -29,6 +29,7 @@ EPOCH_KEYS = [
     "BacktrackIters",
     "KLExceeded",  # 1 if the accepted step's KL is above delta (only possible without the line search)
     "SurrogateWorse",  # 1 if the accepted step lowered the surrogate advantage
+    "StepScale",  # the full step's length against the trust region's boundary: 1, or less where natural_lr caps it
     "SkippedUpdates",  # epochs so far whose policy step or value fit was dropped for non-finite numbers
     "Time",
     "SampleTime",  # seconds this epoch spent collecting experience and estimating advantages

@@ -23,6 +23,7 @@ Each function here is one of those pieces; :class:`trpo.updates.TRPO` strings th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -133,10 +134,16 @@ def conjugate_gradient(
     return x
 
 
-def max_step(x: torch.Tensor, hx: torch.Tensor, delta: float) -> torch.Tensor:
-    r"""The full step :math:`s = \sqrt{2\delta / x^\top H x}\; x`: the largest multiple of the direction :math:`x`
-    whose quadratic KL model :math:`\tfrac12 s^\top H s` equals :math:`\delta`."""
-    return torch.sqrt(2 * delta / (x @ hx)) * x
+def max_step(x: torch.Tensor, hx: torch.Tensor, delta: float, max_multiplier: float = math.inf) -> torch.Tensor:
+    r"""The full step :math:`s = \min\big(\sqrt{2\delta / x^\top H x},\ \eta\big)\; x`.
+
+    :math:`\sqrt{2\delta / x^\top H x}\,x` is the largest multiple of the direction :math:`x` whose quadratic KL
+    model :math:`\tfrac12 s^\top H s` equals :math:`\delta`: TRPO's step, always on the trust region's boundary,
+    however small the gradient. ``max_multiplier`` :math:`\eta` (default :math:`\infty`: TRPO) caps it at the
+    natural-gradient step :math:`\eta x`, the classical trust-region rule: take the model's own step when it
+    lies inside the region, and the boundary only when it does not. Then a gradient that is small (advantages
+    near zero once a task is solved) moves the policy a little, not a full :math:`\delta`."""
+    return torch.minimum(torch.sqrt(2 * delta / (x @ hx)), torch.tensor(max_multiplier, dtype=x.dtype)) * x
 
 
 @dataclass

@@ -9,6 +9,7 @@ beside the next epoch's sampling) -- so the Runner does not know which rule it d
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch.distributions import Distribution
@@ -101,7 +102,10 @@ class UpdateRule:
         """The policy step, on the batch's advantages normalised first where ``normalize_advantages`` says so."""
         if self.normalize_advantages:
             advantages = batch.advantages
-            batch = dataclasses.replace(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
+            scale = advantages.std() + 1e-8
+            batch = dataclasses.replace(
+                batch, advantages=(advantages - advantages.mean()) / scale, advantage_scale=scale.item()
+            )
         return self.policy_step(batch)
 
     def policy_step(self, batch: Batch) -> dict[str, float]:
@@ -163,6 +167,11 @@ class _KLLimitedRule(UpdateRule):
         delta_schedule: ``constant``, or ``linear``: :math:`\delta` decays linearly to 0 over the run (see
             :meth:`anneal`), the trust-region analogue of a decaying learning rate: late updates move the policy
             less, so the run ends on a settled policy rather than mid-oscillation.
+        natural_lr: ``None`` (TRPO's step, always a full :math:`\delta`), or :math:`\eta`: the step is at most the
+            natural-gradient step :math:`\eta H^{-1} g` on the advantages as estimated (before normalisation;
+            see :func:`~trpo.trust_region.max_step`). With rewards scaled, around 10: during learning the KL
+            limit is the tighter bound, so the step is TRPO's; once the advantages are near zero (a solved task)
+            the step shrinks with them instead of moving the policy a full :math:`\delta` along noise.
         **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
     """
 
@@ -174,6 +183,7 @@ class _KLLimitedRule(UpdateRule):
         damping_coeff: float,
         cg_iters: int,
         delta_schedule: str = "constant",
+        natural_lr: float | None = None,
         **value_kwargs,
     ):
         super().__init__(policy, value_function, **value_kwargs)
@@ -182,6 +192,7 @@ class _KLLimitedRule(UpdateRule):
         self.damping_coeff = damping_coeff
         self.cg_iters = cg_iters
         self.delta_schedule = delta_schedule
+        self.natural_lr = natural_lr
 
     def anneal(self, progress: float) -> None:
         super().anneal(progress)
@@ -189,7 +200,9 @@ class _KLLimitedRule(UpdateRule):
             self.delta = self.initial_delta * (1.0 - progress)
 
     def natural_gradient_step(self, batch: Batch) -> _NaturalGradientStep:
-        return _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta)
+        # x is H^-1 g of the normalised advantages: eta H^-1 g of the estimated ones is eta * scale * x.
+        max_multiplier = math.inf if self.natural_lr is None else self.natural_lr * batch.advantage_scale
+        return _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta, max_multiplier)
 
 
 class TRPO(_KLLimitedRule):
@@ -200,7 +213,8 @@ class TRPO(_KLLimitedRule):
     1. :math:`g = \nabla_\theta L(\theta_k, \theta)` at :math:`\theta_k` (the policy gradient);
     2. :math:`x \approx (H + \text{damping}\,I)^{-1} g` by ``cg_iters`` steps of conjugate gradient, where
        :math:`Hv` is a Fisher-vector product of the mean KL;
-    3. full step :math:`s = \sqrt{2\delta / x^\top H x}\, x`;
+    3. full step :math:`s = \sqrt{2\delta / x^\top H x}\, x` (with ``natural_lr`` :math:`\eta`, at most
+       :math:`\eta x` in the estimated advantages' units);
     4. backtracking: :math:`\theta_{k+1} = \theta_k + \alpha^j s` for the smallest :math:`j <` ``backtrack_iters``
        with :math:`\bar D_{KL} \le \delta` and an improved surrogate; if none, :math:`\theta_{k+1} = \theta_k`.
 
@@ -296,7 +310,9 @@ class VPG(UpdateRule):
 class _NaturalGradientStep:
     """The pieces TRPO and NPG share: g, x = H^-1 g by conjugate gradient, and the full step s."""
 
-    def __init__(self, policy: Policy, batch: Batch, damping_coeff: float, cg_iters: int, delta: float):
+    def __init__(
+        self, policy: Policy, batch: Batch, damping_coeff: float, cg_iters: int, delta: float, max_multiplier: float
+    ):
         self.policy = policy
         self.batch = batch
         self.delta = delta
@@ -309,7 +325,12 @@ class _NaturalGradientStep:
         g = flat_grad(surrogate, self.params, retain_graph=True)
         hessian_vector_product = fisher_vector_product(outputs, jvp, policy.fisher_metric, self.params, damping_coeff)
         x = conjugate_gradient(hessian_vector_product, g, cg_iters)
-        self.full_step = max_step(x, hessian_vector_product(x), delta)
+        hx = hessian_vector_product(x)
+        self.full_step = max_step(x, hx, delta, max_multiplier)
+        # The step's length against the boundary's (from its quadratic KL model 1/2 s^T H s, s a multiple of x):
+        # 1 for TRPO's step, less where natural_lr caps it.
+        model_kl = 0.5 * (self.full_step @ hx) ** 2 / (x @ hx)
+        self.step_scale = torch.sqrt(model_kl / delta).item()
         self.params_old = flat_params(self.params)
 
     def evaluate(self, candidate: torch.Tensor) -> tuple[float, float]:
@@ -327,5 +348,6 @@ class _NaturalGradientStep:
             "KL": kl,
             "KLExceeded": float(kl > self.delta),
             "SurrogateWorse": float(surrogate < self.surrogate_old),
+            "StepScale": self.step_scale,
             **extra,
         }
