@@ -55,9 +55,9 @@ class UpdateRule:
             :meth:`anneal`).
         vf_minibatches: each of the ``train_v_iters`` passes over the batch is split into this many shuffled
             minibatches, one Adam step each; 1 (Spinning Up) is one full-batch step per pass.
-        vf_target: the value function's regression target :math:`\hat R_t`: ``rewards_to_go`` (discounted
+        vf_target: the value function's regression target :math:`\\hat R_t`: ``rewards_to_go`` (discounted
             returns, bootstrapped where an episode is cut; Spinning Up) or ``lambda_returns``
-            (:math:`\hat A_t + V(s_t)`, the TD(:math:`\lambda`) return: lower variance, biased by :math:`V`).
+            (:math:`\\hat A_t + V(s_t)`, the TD(:math:`\\lambda`) return: lower variance, biased by :math:`V`).
     """
 
     def __init__(
