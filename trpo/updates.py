@@ -172,7 +172,7 @@ class _KLLimitedRule(UpdateRule):
             see :func:`~trpo.trust_region.max_step`). During learning the KL limit is the tighter bound, so the
             step is TRPO's; once the advantages are near zero (a solved task) the step shrinks with them instead
             of moving the policy a full :math:`\delta` along noise. With rewards scaled, 10-50 (docs/trpo.md,
-            2.2: 10 slowed HalfCheetah, 50 let InvertedPendulum collapse, 20 did neither on the seeds run).
+            2.2: 10 slowed HalfCheetah, 50 let InvertedPendulum collapse; 20, the general preset's, did neither).
         **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
     """
 
