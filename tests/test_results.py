@@ -91,7 +91,10 @@ def test_general_preset_table_has_a_row_per_task_and_marks_unfinished_runs(tmp_p
 
     text = out.read_text()
     assert "## The general preset on every task it was run on" in text
-    assert table_row(text, "Ant-v5") == ["Ant-v5", "0", "1221", "n/a", "300"]  # one seed: no spread to show
+    # one seed: no spread to show; the last cell is Tianshou's TRPO on the task
+    assert table_row(text, "Ant-v5") == ["Ant-v5", "0", "1221", "n/a", "300", "2867 ± 708"]
     assert table_row(text, "Reacher-v5")[2] == "-3.3"  # small returns keep a decimal
-    assert table_row(text, "Swimmer-v5") == ["Swimmer-v5", "0, 1, 2", "328 / 340 / unfinished", "334 ± 6", "300"]
+    assert table_row(text, "Swimmer-v5") == [
+        "Swimmer-v5", "0, 1, 2", "328 / 340 / unfinished", "334 ± 6", "300", "40.9 ± 19.6"
+    ]
     assert "| HalfCheetah-v5 |" not in text.split("## Anchors")[0]  # no preset runs: no preset rows

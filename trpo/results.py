@@ -57,6 +57,21 @@ ANCHORS = {
     },
     "OpenAI Baselines (6 seeds)": {"HalfCheetah-v5": "1290", "Hopper-v5": "1913", "Walker2d-v5": "2343"},
 }
+# The one published TRPO table that covers most MuJoCo tasks, for the general preset's table: Tianshou's
+# (examples/mujoco/README.md; 10 seeds, the best average test return within 1M steps ± std over seeds, on the -v3
+# and -v2 tasks). A best-during-training figure is kinder than our final policy's return.
+GENERAL_ANCHOR = "Tianshou TRPO (10 seeds, best during training)"
+GENERAL_ANCHORS = {
+    "Ant-v5": "2867 ± 708",
+    "HalfCheetah-v5": "4471 ± 805",
+    "Hopper-v5": "2046 ± 1038",
+    "Humanoid-v5": "810 ± 126",
+    "InvertedDoublePendulum-v5": "8435 ± 1073",
+    "InvertedPendulum-v5": "1000 ± 0",
+    "Reacher-v5": "-5.1 ± 0.8",
+    "Swimmer-v5": "40.9 ± 19.6",
+    "Walker2d-v5": "3827 ± 783",
+}
 
 
 def by_seed(runs: Sequence[Run]) -> list[Run]:
@@ -127,8 +142,8 @@ def heldout_rows(heldout_dir: Path) -> list[list[str]]:
 
 
 def general_rows(general_dir: Path) -> list[list[str]]:
-    """One row per Gymnasium id among the runs under ``general_dir``: its seeds, EvalEpRet per seed, mean ± std
-    and env steps."""
+    """One row per Gymnasium id among the runs under ``general_dir``: its seeds, EvalEpRet per seed, mean ± std,
+    env steps and Tianshou's TRPO on that task ("n/a" where it has none)."""
     by_env: dict[str, list[Run]] = {}
     for run in runs_under(general_dir):
         by_env.setdefault(str((run.config or {}).get("env.id", "unknown")), []).append(run)
@@ -136,7 +151,7 @@ def general_rows(general_dir: Path) -> list[list[str]]:
     for env_id in sorted(by_env):
         runs = by_env[env_id]  # runs_under gave them by seed
         seeds, mean_std, steps, _ = seed_cells(runs)
-        rows.append([env_id, seed_list(runs), seeds, mean_std, steps])
+        rows.append([env_id, seed_list(runs), seeds, mean_std, steps, GENERAL_ANCHORS.get(env_id, "n/a")])
     return rows
 
 
@@ -170,11 +185,14 @@ def write_report(results_dir: Path, out: Path) -> str:
         "",
         (
             "One set of hyperparameters, `python launch.py -m experiment=mujoco env=<task> seed=...` "
-            f"(`make results-general`), runs under `{display_path(results_dir / GENERAL_DIR)}`; EvalEpRet as above."
+            f"(`make results-general`), runs under `{display_path(results_dir / GENERAL_DIR)}`; EvalEpRet as above. "
+            "Beside it, quoted and not rerun: Tianshou's TRPO (its examples/mujoco/README.md), the best average test "
+            "return within 1M steps ± std over 10 seeds, on the -v3 / -v2 tasks; a best during training is kinder "
+            "than a final policy's return."
         ),
         "",
-        "| task | seeds | EvalEpRet per seed | mean ± std | env steps |",
-        "|---|---|---|---|---|",
+        f"| task | seeds | EvalEpRet per seed | mean ± std | env steps | {GENERAL_ANCHOR} |",
+        "|---|---|---|---|---|---|",
         *(markdown_row(r) for r in general),
         "",
     ]
