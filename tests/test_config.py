@@ -141,6 +141,7 @@ BAD_VALUES = [
     (["steps_per_epoch=4001", "sampler.num_envs=2"], "steps_per_epoch", "4001"),
     (["env.id=NoSuchEnv-v0"], "env.id", "NoSuchEnv-v0"),
     (["env.max_ep_len=0"], "env.max_ep_len", "0"),
+    (["env.kwargs=3"], "env.kwargs", "3"),
     (["policy.activation=sigmoid"], "policy.activation", "sigmoid"),
     (["policy.hidden_sizes=[64,0]"], "policy.hidden_sizes", "[64, 0]"),
     (["logger.mode=sometimes"], "logger.mode", "sometimes"),

@@ -6,7 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from trpo.envs import EnvBatch, SubprocEnvBatch
+from trpo.config import ConfigError
+from trpo.envs import EnvBatch, SubprocEnvBatch, make_env, make_env_batch
 
 
 def single_env_rollout(env_id: str, max_ep_len: int, seed: int, actions: np.ndarray) -> tuple[list, list, np.ndarray]:
@@ -54,3 +55,20 @@ def test_batched_envs_match_single_envs(workers: int) -> None:
         all_returns += returns
         assert len(returns) >= 2  # episodes did end and reset inside the test
     assert sorted(finished) == pytest.approx(sorted(all_returns))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_env_kwargs_reach_every_env_and_a_wrong_one_is_a_one_line_config_error(workers: int) -> None:
+    """``env.kwargs`` go to each env's constructor, in this process and in the workers (HalfCheetah-v5 with its x
+    position in the observation: 18 numbers instead of 17); a keyword the env does not take is refused as a
+    :class:`ConfigError` naming env.kwargs, from the workers too."""
+    kwargs = {"exclude_current_positions_from_observation": False}
+    batch = make_env_batch("HalfCheetah-v5", 10, 2, workers, make_kwargs=kwargs)
+    try:
+        assert batch.observation_space.shape == (18,)
+        assert batch.reset(seed=0).shape == (2, 18)
+    finally:
+        batch.close()
+    assert make_env("HalfCheetah-v5", 10).observation_space.shape == (17,)
+    with pytest.raises(ConfigError, match=r"^env\.kwargs=\{'no_such_option': 1\} is not allowed for HalfCheetah-v5"):
+        make_env_batch("HalfCheetah-v5", 10, 2, workers, make_kwargs={"no_such_option": 1})

@@ -62,11 +62,17 @@ def assert_one_line_error(result, *fragments: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory) -> dict[str, Path]:
-    """A CartPole run, and a MuJoCo run whose episodes are at most 10 steps (quick to film), trained side by side."""
+    """A CartPole run, a MuJoCo run whose episodes are at most 10 steps (quick to film), and one whose env was made
+    with env.kwargs (HalfCheetah-v5 observing its x position too: 18 numbers), trained side by side."""
     root = tmp_path_factory.mktemp("trained")
     jobs = {
         "cartpole": ["env=cartpole"],
         "pendulum": ["env=inverted_pendulum", "env.max_ep_len=10"],
+        "cheetah": [
+            "env=halfcheetah",
+            "env.max_ep_len=10",
+            "+env.kwargs.exclude_current_positions_from_observation=false",
+        ],
     }
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(train, root / name, *overrides) for name, overrides in jobs.items()}
@@ -192,6 +198,20 @@ def test_no_working_gl_backend_is_a_one_line_config_error() -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # In-process pieces
+
+
+def test_eval_makes_the_env_with_the_runs_env_kwargs(trained_runs: dict[str, Path], tmp_path: Path) -> None:
+    """The policy of a run trained with env.kwargs sees 18 numbers; task=eval makes its env with the same kwargs
+    (from the run's saved config, not the command line), so the policy loads and scores the training run's final
+    evaluation again."""
+    run_dir = trained_runs["cheetah"]
+    first_layer = next(w for w in load_checkpoint(run_dir)["policy"].values() if w.ndim == 2)
+    assert first_layer.shape[1] == 18
+    result = run_eval(run_dir, tmp_path / "eval", "eval.episodes=2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["mean"] == pytest.approx(
+        final_eval_ep_ret(run_dir)
+    )
 
 
 def test_eval_refuses_a_checkpoint_from_another_env_or_without_config(cartpole_run: Path, tmp_path: Path) -> None:

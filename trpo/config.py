@@ -48,6 +48,7 @@ def one_of(*choices: str) -> dict:
 class EnvConfig:
     id: str = "HalfCheetah-v5"
     max_ep_len: int = field(default=1000, metadata=at_least(1))
+    kwargs: dict = field(default_factory=dict)  # for the env's constructor (gymnasium.make)
 
 
 @dataclass
@@ -151,7 +152,9 @@ def _type_name(annotation: Any) -> str:
         return f"a list of {get_args(annotation)[0].__name__}"
     if origin is not None:  # Optional[X]
         return f"{_type_name(get_args(annotation)[0])} or null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[annotation]
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a section of keys"}[
+        annotation
+    ]
 
 
 def _conforms(value: Any, annotation: Any) -> bool:

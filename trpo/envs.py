@@ -14,16 +14,29 @@ policy.
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from trpo.config import ConfigError
 
-def make_env(env_id: str, max_ep_len: int, render_mode: str | None = None) -> gym.Env:
-    """One Gymnasium env whose episodes are cut (``truncated``) after ``max_ep_len`` steps."""
-    return gym.make(env_id, max_episode_steps=max_ep_len, render_mode=render_mode)
+
+def make_env(
+    env_id: str, max_ep_len: int, render_mode: str | None = None, make_kwargs: Mapping[str, Any] | None = None
+) -> gym.Env:
+    """One Gymnasium env whose episodes are cut (``truncated``) after ``max_ep_len`` steps; ``make_kwargs`` (the
+    config's ``env.kwargs``) go to the env's constructor, e.g. Ant-v5's ``include_cfrc_ext_in_observation``.
+
+    Raises :class:`ConfigError` (one line) for a keyword the env does not take.
+    """
+    try:
+        return gym.make(env_id, max_episode_steps=max_ep_len, render_mode=render_mode, **(make_kwargs or {}))
+    except TypeError as error:
+        raise ConfigError(f"env.kwargs={dict(make_kwargs or {})} is not allowed for {env_id}: {error}") from None
 
 
 @dataclass
@@ -42,8 +55,15 @@ class StepResult:
 class EnvBatch:
     """``num_envs`` copies of one env, stepped in lockstep in this process, reset as soon as an episode ends."""
 
-    def __init__(self, env_id: str, max_ep_len: int, num_envs: int, clip_actions: bool = True):
-        self.envs = [make_env(env_id, max_ep_len) for _ in range(num_envs)]
+    def __init__(
+        self,
+        env_id: str,
+        max_ep_len: int,
+        num_envs: int,
+        clip_actions: bool = True,
+        make_kwargs: Mapping[str, Any] | None = None,
+    ):
+        self.envs = [make_env(env_id, max_ep_len, make_kwargs=make_kwargs) for _ in range(num_envs)]
         self.num_envs = num_envs
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
@@ -132,8 +152,20 @@ class EnvBatch:
             env.close()
 
 
-def _env_worker(conn: Connection, env_id: str, max_ep_len: int, num_envs: int, clip_actions: bool) -> None:
-    envs = EnvBatch(env_id, max_ep_len, num_envs, clip_actions)
+def _env_worker(
+    conn: Connection,
+    env_id: str,
+    max_ep_len: int,
+    num_envs: int,
+    clip_actions: bool,
+    make_kwargs: Mapping[str, Any] | None,
+) -> None:
+    try:
+        envs = EnvBatch(env_id, max_ep_len, num_envs, clip_actions, make_kwargs)
+    except ConfigError as error:  # raised again in the parent, as the one line it would be there
+        conn.send(error)
+        conn.close()
+        return
     conn.send((envs.observation_space, envs.action_space))
     while True:
         command, argument = conn.recv()
@@ -158,7 +190,15 @@ class SubprocEnvBatch:
     ``num_workers``. Each step sends every worker its slice of the actions, then gathers the results in env order.
     """
 
-    def __init__(self, env_id: str, max_ep_len: int, num_envs: int, num_workers: int, clip_actions: bool = True):
+    def __init__(
+        self,
+        env_id: str,
+        max_ep_len: int,
+        num_envs: int,
+        num_workers: int,
+        clip_actions: bool = True,
+        make_kwargs: Mapping[str, Any] | None = None,
+    ):
         num_workers = min(num_workers, num_envs)
         bounds = [round(k * num_envs / num_workers) for k in range(num_workers + 1)]
         self.slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
@@ -170,16 +210,18 @@ class SubprocEnvBatch:
             parent, child = context.Pipe()
             process = context.Process(
                 target=_env_worker,
-                args=(child, env_id, max_ep_len, part.stop - part.start, clip_actions),
+                args=(child, env_id, max_ep_len, part.stop - part.start, clip_actions, make_kwargs),
                 daemon=True,
             )
             process.start()
             child.close()
             self.connections.append(parent)
             self.processes.append(process)
-        self.observation_space, self.action_space = self.connections[0].recv()
-        for conn in self.connections[1:]:
-            conn.recv()
+        spaces = [conn.recv() for conn in self.connections]
+        if failed := [reply for reply in spaces if isinstance(reply, ConfigError)]:
+            self.close()
+            raise failed[0]
+        self.observation_space, self.action_space = spaces[0]
 
     def reset(self, seed: int) -> np.ndarray:
         for conn, part in zip(self.connections, self.slices):
@@ -223,9 +265,14 @@ class SubprocEnvBatch:
 
 
 def make_env_batch(
-    env_id: str, max_ep_len: int, num_envs: int, workers: int, clip_actions: bool = True
+    env_id: str,
+    max_ep_len: int,
+    num_envs: int,
+    workers: int,
+    clip_actions: bool = True,
+    make_kwargs: Mapping[str, Any] | None = None,
 ) -> EnvBatch | SubprocEnvBatch:
     """``num_envs`` envs in this process (``workers`` = 0) or split over ``workers`` processes."""
     if workers == 0:
-        return EnvBatch(env_id, max_ep_len, num_envs, clip_actions)
-    return SubprocEnvBatch(env_id, max_ep_len, num_envs, workers, clip_actions)
+        return EnvBatch(env_id, max_ep_len, num_envs, clip_actions, make_kwargs)
+    return SubprocEnvBatch(env_id, max_ep_len, num_envs, workers, clip_actions, make_kwargs)

@@ -60,6 +60,7 @@ def evaluate(
     on_frame: Optional[FrameCallback] = None,
     on_episode_end: Optional[EpisodeEndCallback] = None,
     obs_filter: Optional[ObsFilter] = None,
+    make_kwargs: Optional[dict[str, Any]] = None,
 ) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes acting with the policy's deterministic action
     (the Gaussian's mean, the Categorical's most likely class); episode ``i`` is seeded with ``seed + i``.
@@ -67,9 +68,11 @@ def evaluate(
     Optional hooks, none of which changes the returns: ``on_frame(i, rgb)`` gets the rendered frame after the reset
     and after every step of episode ``i`` (so ``length + 1`` frames; the env is made with ``render_mode="rgb_array"``
     only then); ``on_episode_end(i, return, length)`` is called as each episode ends; ``obs_filter`` maps each
-    observation before the policy sees it (a frozen observation normaliser).
+    observation before the policy sees it (a frozen observation normaliser). ``make_kwargs`` go to the env's
+    constructor, as the run's ``env.kwargs`` did in training.
     """
-    env = make_env(env_id, max_ep_len, render_mode="rgb_array" if on_frame is not None else None)
+    render_mode = "rgb_array" if on_frame is not None else None
+    env = make_env(env_id, max_ep_len, render_mode, make_kwargs)
     try:
         continuous = isinstance(env.action_space, gym.spaces.Box)
         returns = []
@@ -116,6 +119,8 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
     checkpoint = load_checkpoint(run_dir)
     trained = trained_config(run_dir)
     env_id, max_ep_len = trained.env.id, int(trained.env.max_ep_len)
+    kwargs = trained.env.get("kwargs")  # runs from before env.kwargs have none
+    make_kwargs = OmegaConf.to_container(kwargs) if kwargs is not None else {}
     check_compatible(checkpoint, env_id, trained.policy.hidden_sizes, trained.policy.activation)
 
     videos: Optional[EpisodeVideos] = None
@@ -125,7 +130,7 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
             choose_mujoco_gl()
 
     torch.set_num_threads(cfg.torch_threads)
-    env = make_env(env_id, max_ep_len)
+    env = make_env(env_id, max_ep_len, make_kwargs=make_kwargs)
     policy = make_policy(env.observation_space, env.action_space, **trained.policy)
     fps = int(env.metadata.get("render_fps") or 30)
     env.close()
@@ -158,6 +163,7 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
             on_frame=videos.frame if videos is not None else None,
             on_episode_end=episode_end,
             obs_filter=obs_filter,
+            make_kwargs=make_kwargs,
         )
     except gym.error.DependencyNotInstalled as error:  # e.g. classic-control envs render with pygame
         raise RenderingError(f"eval.video=true: {env_id} cannot render here: {error}") from None

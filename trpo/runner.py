@@ -87,7 +87,12 @@ class Runner:
                 print(f"{self.run_dir} already finished; EvalEpRet {checkpoint['eval_ep_ret']:.2f}")
                 return checkpoint["eval_ep_ret"]
         envs = make_env_batch(
-            cfg.env.id, cfg.env.max_ep_len, cfg.sampler.num_envs, cfg.sampler.workers, cfg.sampler.clip_actions
+            cfg.env.id,
+            cfg.env.max_ep_len,
+            cfg.sampler.num_envs,
+            cfg.sampler.workers,
+            cfg.sampler.clip_actions,
+            make_kwargs=env_kwargs(cfg),
         )
         policy = make_policy(envs.observation_space, envs.action_space, **cfg.policy)
         value_function = ValueFunction(
@@ -207,6 +212,7 @@ class Runner:
                         cfg.eval.episodes,
                         cfg.seed + EVAL_SEED_OFFSET,
                         obs_filter=obs_normalizer,  # frozen: evaluate() only applies it
+                        make_kwargs=env_kwargs(cfg),
                     )
                     row["EvalEpRet"] = float(np.mean(eval_returns))
                 complete(row, policy_stats)
@@ -245,9 +251,16 @@ class Runner:
             envs.close()
 
 
+def env_kwargs(cfg: DictConfig) -> dict:
+    """``env.kwargs`` as a plain dict (it travels to env worker processes and into checkpoints)."""
+    return OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+
+
 def run_keys(cfg: DictConfig) -> dict:
-    """Config keys a checkpoint can only be continued with: the update rule and the shape of the batch."""
+    """Config keys a checkpoint can only be continued with: the env's constructor arguments, the update rule and the
+    shape of the batch."""
     return {
+        "env.kwargs": env_kwargs(cfg),
         "optimizer._target_": cfg.optimizer._target_,
         "sampler.num_envs": cfg.sampler.num_envs,
         "steps_per_epoch": cfg.steps_per_epoch,
