@@ -33,10 +33,12 @@ def make_env(
 
     Raises :class:`ConfigError` (one line) for a keyword the env does not take.
     """
+    if not make_kwargs:
+        return gym.make(env_id, max_episode_steps=max_ep_len, render_mode=render_mode)
     try:
-        return gym.make(env_id, max_episode_steps=max_ep_len, render_mode=render_mode, **(make_kwargs or {}))
-    except TypeError as error:
-        raise ConfigError(f"env.kwargs={dict(make_kwargs or {})} is not allowed for {env_id}: {error}") from None
+        return gym.make(env_id, max_episode_steps=max_ep_len, render_mode=render_mode, **make_kwargs)
+    except TypeError as error:  # the constructor's own refusal of a keyword or of a value's type
+        raise ConfigError(f"env.kwargs={dict(make_kwargs)} is not allowed for {env_id}: {error}") from None
 
 
 @dataclass
