@@ -218,6 +218,13 @@ def validate(cfg: DictConfig) -> None:
     _check_env_id(plain["env"]["id"])
 
 
+def env_kwargs(cfg: DictConfig) -> dict:
+    """``env.kwargs`` as a plain dict (it travels to env worker processes and into checkpoints); ``{}`` for a run
+    saved before the key existed."""
+    kwargs = cfg.env.get("kwargs")
+    return OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
+
+
 def check_group_options(args: list[str], conf_dir: Path) -> None:
     """Refuse ``group=option`` command-line overrides whose option has no file under ``conf/group/``, with one
     line, before Hydra composes (whose own message for this spans many lines)."""

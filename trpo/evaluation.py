@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint
-from trpo.config import ConfigError
+from trpo.config import ConfigError, env_kwargs
 from trpo.envs import make_env
 from trpo.normalization import ObservationNormalizer
 from trpo.networks import Policy, make_policy
@@ -119,8 +119,7 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
     checkpoint = load_checkpoint(run_dir)
     trained = trained_config(run_dir)
     env_id, max_ep_len = trained.env.id, int(trained.env.max_ep_len)
-    kwargs = trained.env.get("kwargs")  # runs from before env.kwargs have none
-    make_kwargs = OmegaConf.to_container(kwargs) if kwargs is not None else {}
+    make_kwargs = env_kwargs(trained)
     check_compatible(checkpoint, env_id, trained.policy.hidden_sizes, trained.policy.activation)
 
     videos: Optional[EpisodeVideos] = None

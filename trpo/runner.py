@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from trpo.config import ConfigError, validate
+from trpo.config import ConfigError, env_kwargs, validate
 from trpo.envs import make_env_batch
 from trpo.evaluation import EVAL_SEED_OFFSET, evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
@@ -249,11 +249,6 @@ class Runner:
             csv_logger.close()
             wandb_logger.close(exit_code)
             envs.close()
-
-
-def env_kwargs(cfg: DictConfig) -> dict:
-    """``env.kwargs`` as a plain dict (it travels to env worker processes and into checkpoints)."""
-    return OmegaConf.to_container(cfg.env.kwargs, resolve=True)
 
 
 def run_keys(cfg: DictConfig) -> dict:
