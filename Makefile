@@ -71,8 +71,8 @@ results-heldout: install ## the presets on seeds they were not chosen on (HELDOU
 	$(call train_presets,$(HELDOUT_SEEDS),outputs/results/heldout)
 	$(BIN)/python -m trpo.results
 
-# Every Gymnasium MuJoCo v5 task: about 3 hours 15 minutes on 2 cores for three seeds (the runs of 2026-11-26,
-# two at a time, took 350-1,200 s each).
+# Every Gymnasium MuJoCo v5 task: about 80 minutes on 2 cores for three seeds (the runs of 2026-11-27, two at a
+# time, took 105-625 s each).
 GENERAL_TASKS ?= ant,halfcheetah,hopper,humanoid,humanoidstandup,inverted_double_pendulum,inverted_pendulum,pusher,reacher,swimmer,walker2d
 GENERAL_SEEDS ?= 0,1,2
 results-general: install ## train the general preset (experiment=mujoco) 1M steps on GENERAL_TASKS, then write docs/results.md

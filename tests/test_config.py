@@ -24,19 +24,21 @@ OPTIMIZER_FILES = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.
 EXPERIMENT_FILES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 # Task preset -> what it changes in the general preset ``experiment=mujoco env=<task>`` (its file says why).
 TASK_PRESET_CHANGES = {
-    "halfcheetah": {"optimizer.natural_lr": None},
+    "halfcheetah": {"optimizer.gamma": 0.995, "optimizer.vf_minibatches": 16, "optimizer.natural_lr": None},
     "hopper": {
         "policy.init_log_std": 0.0,
+        "optimizer.gamma": 0.995,
+        "optimizer.vf_minibatches": 16,
         "optimizer.delta": 0.02,
         "optimizer.vf_target": "lambda_returns",
         "optimizer.natural_lr": None,
     },
     "walker2d": {
-        "optimizer.gamma": 0.99,
         "optimizer.lam": 0.97,
         "optimizer.vf_minibatches": 1,
         "optimizer.natural_lr": None,
     },
+    "swimmer": {"optimizer.gamma": 0.995, "optimizer.vf_minibatches": 16},
 }
 
 
