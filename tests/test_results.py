@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from tests.test_compare import write_run
+from trpo.compare import read_run
 from trpo.results import main
 
 
@@ -98,3 +99,39 @@ def test_general_preset_table_has_a_row_per_task_and_marks_unfinished_runs(tmp_p
         "Swimmer-v5", "0, 1, 2", "328 / 340 / unfinished", "334 ± 6", "300", "40.9 ± 19.6"
     ]
     assert "| HalfCheetah-v5 |" not in text.split("## Anchors")[0]  # no preset runs: no preset rows
+
+
+def test_the_report_remade_from_its_run_records_is_the_same(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    write_task(results, "walker2d", "Walker2d-v5", [5371.504665363075, 4611.657247831988, 4715.241530981728])
+    write_task(results / "heldout", "hopper", "Hopper-v5", [3600.0, None], first_seed=3)
+    write_run(results / "general" / "Ant-v5" / "0", [1.5, 2.25, 3.0], eval_return=-3.27,
+              config={"seed": 0, "env.id": "Ant-v5"}, columns={"KL": [0.01, 0.02, 0.03]})
+    write_run(results / "elsewhere" / "0", [1.0], eval_return=1.0, config={"seed": 0})  # not read by the report
+    out = tmp_path / "docs" / "results.md"
+
+    main(["--results-dir", str(results), "--out", str(out)])
+
+    records = tmp_path / "docs" / "results-runs"
+    assert sorted(p.relative_to(records).as_posix() for p in records.rglob("progress.csv")) == [
+        "general/Ant-v5/0/progress.csv", "heldout/hopper/3/progress.csv", "heldout/hopper/4/progress.csv",
+        "walker2d/0/progress.csv", "walker2d/1/progress.csv", "walker2d/2/progress.csv",
+    ]
+    ant = (records / "general" / "Ant-v5" / "0" / "progress.csv").read_text().splitlines()
+    assert ant[0] == "Epoch,TotalEnvInteracts,AverageEpRet,EvalEpRet"  # only the columns the report reads
+    assert ant[-1] == "2,300,3,-3.27"
+    first = out.read_text()
+    recorded = {p: p.read_bytes() for p in records.rglob("*") if p.is_file()}
+
+    main(["--results-dir", str(records), "--out", str(out)])  # remade from the records alone
+
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    assert tables(out.read_text()) == tables(first)
+    assert table_row(first, "Walker2d-v5")[1] == "5372 / 4612 / 4715"
+    assert read_run(records / "walker2d" / "0").eval_return == 5371.504665363075  # every digit kept
+    assert {p: p.read_bytes() for p in records.rglob("*") if p.is_file()} == recorded  # left as they were
+    (results / "walker2d" / "2").rename(tmp_path / "gone")
+    main(["--results-dir", str(results), "--out", str(out)])
+    assert not (records / "walker2d" / "2").exists()  # the records are those of the report's runs, no others

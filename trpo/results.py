@@ -9,11 +9,19 @@ A second table shows the presets on seeds they were not chosen on, from ``output
 general preset on every task it was run on, one row per Gymnasium id found under ``outputs/results/general/``
 (``python launch.py -m experiment=mujoco env=ant,swimmer,... seed=0``).
 Every number of ours comes from the runs' own ``progress.csv``; nothing is typed in.
+
+Beside the report it keeps the runs' records, ``docs/results-runs/`` (each run's ``.hydra/config.yaml`` and the
+``progress.csv`` columns read here, at the run's path under the results dir): ``outputs/`` is not committed, so
+these are what the report can be checked against and remade from (``--results-dir docs/results-runs``), and
+``make results-restore`` copies them back so that rerunning one section does not mean rerunning them all.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +45,10 @@ SEED_FLOOR = 0.8
 HELDOUT_DIR = "heldout"
 # Under the results dir: runs of the general preset on any task (``make results-general``).
 GENERAL_DIR = "general"
+# Beside the report: the records of the runs it was made from.
+RECORDS_NAME = "results-runs"
+# The progress.csv columns the report reads (curves: AverageEpRet against TotalEnvInteracts; tables: EvalEpRet).
+RECORD_COLUMNS = ("Epoch", "TotalEnvInteracts", "AverageEpRet", "EvalEpRet")
 
 # Published or previously measured TRPO results at 1M env steps, quoted from their sources.
 ANCHORS = {
@@ -159,6 +171,44 @@ def display_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def report_dirs(results_dir: Path) -> list[Path]:
+    """The dirs under ``results_dir`` whose runs the report reads."""
+    return [
+        *(results_dir / task for task in TASKS),
+        *(results_dir / HELDOUT_DIR / task for task in TASKS),
+        results_dir / GENERAL_DIR,
+    ]
+
+
+def csv_cell(value: float) -> str:
+    """A value as :func:`trpo.compare.read_table` reads it back unchanged: empty for NaN, whole numbers without
+    a decimal point, others in Python's shortest exact form."""
+    if math.isnan(value):
+        return ""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def write_records(results_dir: Path, records_dir: Path) -> int:
+    """Replace ``records_dir`` with the records of the runs the report reads: per run, at its path under
+    ``results_dir``, its ``.hydra/config.yaml`` and the :data:`RECORD_COLUMNS` of its ``progress.csv``.
+    Returns the number of runs recorded."""
+    runs = collect_runs([d for d in report_dirs(results_dir) if d.is_dir()])
+    if records_dir.exists():
+        shutil.rmtree(records_dir)
+    for run in runs:
+        record = records_dir / run.path.relative_to(results_dir)
+        (record / ".hydra").mkdir(parents=True)
+        config = run.path / ".hydra" / "config.yaml"
+        if config.is_file():
+            shutil.copyfile(config, record / ".hydra" / "config.yaml")
+        with open(record / "progress.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(RECORD_COLUMNS)
+            columns = [run.column(key) for key in RECORD_COLUMNS]
+            writer.writerows([csv_cell(float(c[i])) for c in columns] for i in range(len(run.steps)))
+    return len(runs)
+
+
 def write_report(results_dir: Path, out: Path) -> str:
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -203,7 +253,8 @@ def write_report(results_dir: Path, out: Path) -> str:
         f"{machine_description()}, from the runs under `{display_path(results_dir)}`: "
         "`python launch.py -m experiment=<task> seed=0,1,2 overlap_value_fit=false "
         "logger.mode=disabled "
-        "hydra.sweep.dir=outputs/results/<task> 'hydra.sweep.subdir=${seed}'`, as `make results` runs them.",
+        "hydra.sweep.dir=outputs/results/<task> 'hydra.sweep.subdir=${seed}'`, as `make results` runs them. "
+        f"What this report read from each run is kept in `{RECORDS_NAME}/` beside it.",
         "",
         "EvalEpRet: the final policy's deterministic evaluation, mean over 10 episodes, per seed (0 / 1 / 2).",
         "",
@@ -238,6 +289,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
     print(write_report(args.results_dir, args.out))
+    records = args.out.parent / RECORDS_NAME
+    if records.resolve() != args.results_dir.resolve():  # remade from the records themselves: they stay as they are
+        count = write_records(args.results_dir, records)
+        print(f"records of {count} runs: {display_path(records)}")
     return 0
 
 
