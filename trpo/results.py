@@ -290,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     print(write_report(args.results_dir, args.out))
     records = args.out.parent / RECORDS_NAME
-    if records.resolve() != args.results_dir.resolve():  # remade from the records themselves: they stay as they are
+    if not args.results_dir.resolve().is_relative_to(records.resolve()):  # remade from the records: they stay
         count = write_records(args.results_dir, records)
         print(f"records of {count} runs: {display_path(records)}")
     return 0
