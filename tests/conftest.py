@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -68,6 +69,16 @@ def launch(args: list[str], cwd: Path = ROOT, timeout: float = 240) -> subproces
         text=True,
         timeout=timeout,
     )
+
+
+def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    """A run's ``progress.csv``, one dict per epoch."""
+    with open(Path(run_dir) / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_wall_clock(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
 
 
 def wandb_runs(run_dir: Path) -> list[Path]:

@@ -8,7 +8,6 @@ dir is refused with one line and exit status 2.
 
 from __future__ import annotations
 
-import csv
 import os
 import pickle
 import shutil
@@ -24,19 +23,20 @@ import torch
 from omegaconf import OmegaConf
 
 import trpo.checkpoint
-from tests.conftest import ROOT, TINY, WALL_CLOCK, compose_config, inspect_wandb, launch, launch_env, wandb_runs
+from tests.conftest import (
+    ROOT,
+    TINY,
+    compose_config,
+    inspect_wandb,
+    launch,
+    launch_env,
+    read_rows,
+    wandb_runs,
+    without_wall_clock,
+)
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
 from trpo.runner import RunIdentity, Runner
-
-
-def read_rows(run_dir: Path) -> list[dict[str, str]]:
-    with open(Path(run_dir) / "progress.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def without_wall_clock(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
 
 
 def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:

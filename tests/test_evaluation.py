@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_config, inspect_wandb, launch, wandb_runs
+from tests.conftest import TINY, compose_config, inspect_wandb, launch, read_rows, wandb_runs, without_wall_clock
 from trpo.checkpoint import CheckpointError, load_checkpoint
 from trpo.config import ConfigError
 from trpo.envs import make_env
@@ -166,6 +166,31 @@ def test_eval_video_writes_readable_mp4s_and_a_wandb_eval_run(pendulum_run: Path
     assert logged["summary"]["EvalEpRet"] == pytest.approx(data["mean"])
     assert logged["summary"]["video/episode-1"]["_type"] == "video-file"
     assert len(list(wandb_file.parent.glob("files/media/videos/**/*.mp4"))) == 2
+
+
+def test_eval_freq_evaluates_during_training_and_leaves_training_unchanged(tmp_path: Path) -> None:
+    """eval.freq=2 over 5 epochs adds EvalEpRet after epochs 2 and 4 (and at the end, as always); every other
+    column is what the run without it logged, so the evaluations draw no random numbers and feed nothing back,
+    with the observation normaliser (frozen in them) and the value fit in its child process beside them."""
+    common = ["env=inverted_pendulum", "epochs=5", "sampler.normalize_obs=true", "sampler.normalize_rewards=true"]
+    jobs = {"plain": [], "evaluated": ["eval.freq=2", "overlap_value_fit=true"]}
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {
+            name: pool.submit(launch, [*TRAIN, *common, *extra, f"hydra.run.dir={tmp_path / name}"])
+            for name, extra in jobs.items()
+        }
+    for future in futures.values():
+        assert future.result().returncode == 0, future.result().stderr
+    plain, evaluated = (read_rows(tmp_path / name) for name in jobs)
+    assert [bool(row["EvalEpRet"]) for row in evaluated] == [False, True, False, True, True]
+    assert [bool(row["EvalEpRet"]) for row in plain] == [False, False, False, False, True]
+    assert without_wall_clock(evaluated)[-1] == without_wall_clock(plain)[-1]  # the final EvalEpRet too
+    training = [{k: v for k, v in row.items() if k != "EvalEpRet"} for row in without_wall_clock(evaluated)]
+    assert training == [{k: v for k, v in row.items() if k != "EvalEpRet"} for row in without_wall_clock(plain)]
+
+
+def test_eval_freq_must_not_be_negative(tmp_path: Path) -> None:
+    assert_one_line_error(launch(["eval.freq=-1", *TRAIN, f"hydra.run.dir={tmp_path}"]), "eval.freq=-1", ">= 0")
 
 
 def test_eval_of_a_dir_without_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import csv
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from hydra.utils import instantiate
 import trpo.envs
 import trpo.loggers
 import trpo.runner
-from tests.conftest import TINY, WALL_CLOCK, compose_config, inspect_wandb, launch, wandb_runs
+from tests.conftest import TINY, compose_config, inspect_wandb, launch, read_rows, wandb_runs, without_wall_clock
 from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import load_checkpoint
 from trpo.config import ConfigError, validate
@@ -29,15 +28,6 @@ from trpo.value_fit import ChildProcessValueFit, make_value_fit
 # 200 lockstep steps of 2 envs per epoch, in this process, so EnvBatch.step can be patched.
 CARTPOLE = ["env=cartpole", *TINY, "sampler.num_envs=2", "sampler.workers=0", "logger.mode=disabled"]
 STEPS_PER_EPOCH = 200
-
-
-def read_rows(run_dir: Path) -> list[dict[str, str]]:
-    with open(Path(run_dir) / "progress.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def without_wall_clock(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
 
 
 def state_equal(a, b) -> bool:

@@ -119,6 +119,7 @@ class SamplerConfig:
 @dataclass
 class EvalConfig:
     episodes: int = field(default=10, metadata=at_least(1))
+    freq: int = field(default=0, metadata=at_least(0))
     video: bool = False
 
 

@@ -199,12 +199,9 @@ class Runner:
                     "UpdateTime": update_end - update_start,
                 }
                 last_epoch = epoch == cfg.epochs - 1
-                saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
-                if value_fit.overlaps_sampling and not saves:
-                    waiting = (row, policy_stats)
-                    continue
-                # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
-                if last_epoch:
+                # The same seeded episodes every time, so the evaluations during training form one curve with the
+                # final one. They step their own env and draw no random numbers: training goes on as without them.
+                if last_epoch or (cfg.eval.freq > 0 and (epoch + 1) % cfg.eval.freq == 0):
                     eval_returns = evaluate(
                         policy,
                         cfg.env.id,
@@ -215,6 +212,11 @@ class Runner:
                         make_kwargs=env_kwargs(cfg),
                     )
                     row["EvalEpRet"] = float(np.mean(eval_returns))
+                saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
+                if value_fit.overlaps_sampling and not saves:
+                    waiting = (row, policy_stats)
+                    continue
+                # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
                 complete(row, policy_stats)
                 save_checkpoint(
                     self.run_dir,
