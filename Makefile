@@ -54,12 +54,16 @@ docs-plots: install ## redraw docs/figures/ from the runs under outputs/docs/
 	  $(COMPARE) $(DOCS_RUNS)/$$key --metrics KL,BacktrackIters,Time --panels KL --out-dir docs/figures --name $$key --title "TRPO: $$key, Hopper-v5" || exit 1; \
 	done
 
+# Results runs also evaluate every EVAL_FREQ epochs: every 30,720 steps at the presets' 2,048-step epochs, about
+# Tianshou's 30,000-step test interval, so their best during training compares with Tianshou's table.
+EVAL_FREQ ?= 15
+
 # $(call train_presets,SEEDS,DIR): the 1M-step task presets on SEEDS, two jobs at a time, into DIR/<task>/<seed>.
 # Rerunning continues: a job whose dir holds a checkpoint resumes from it (a finished one is not trained again).
 train_presets = for task in halfcheetah hopper walker2d; do \
 	  $(BIN)/python launch.py -m experiment=$$task seed=$(1) \
 	    hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
-	    hydra.sweep.dir=$(2)/$$task 'hydra.sweep.subdir=$${seed}' || exit 1; \
+	    eval.freq=$(EVAL_FREQ) hydra.sweep.dir=$(2)/$$task 'hydra.sweep.subdir=$${seed}' || exit 1; \
 	done
 
 results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
@@ -78,7 +82,7 @@ GENERAL_SEEDS ?= 0,1,2
 results-general: install ## train the general preset (experiment=mujoco) 1M steps on GENERAL_TASKS, then write docs/results.md
 	$(BIN)/python launch.py -m experiment=mujoco env=$(GENERAL_TASKS) seed=$(GENERAL_SEEDS) \
 	  hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
-	  hydra.sweep.dir=outputs/results/general 'hydra.sweep.subdir=$${env.id}/$${seed}'
+	  eval.freq=$(EVAL_FREQ) hydra.sweep.dir=outputs/results/general 'hydra.sweep.subdir=$${env.id}/$${seed}'
 	$(BIN)/python -m trpo.results
 
 results-restore: ## copy the committed run records (docs/results-runs) into outputs/results, keeping runs already there

@@ -79,6 +79,7 @@ def write_run(
     if progress:
         with open(run_dir / "progress.csv", "w", newline="") as f:
             extra = {"KL": [0.01] * len(returns), **(columns or {})}
+            evaluated = extra.pop("EvalEpRet", [None] * len(returns))  # evaluations during training (eval.freq)
             writer = csv.DictWriter(f, ["Epoch", "AverageEpRet", "TotalEnvInteracts", *extra, "EvalEpRet"])
             writer.writeheader()
             for epoch, ret in enumerate(returns):
@@ -88,7 +89,9 @@ def write_run(
                     "AverageEpRet": "nan" if math.isnan(ret) else ret,
                     "TotalEnvInteracts": (epoch + 1) * steps_per_epoch,
                     **{key: "" if values[epoch] is None else values[epoch] for key, values in extra.items()},
-                    "EvalEpRet": eval_return if (last and eval_return is not None) else "",
+                    "EvalEpRet": eval_return if (last and eval_return is not None) else (
+                        "" if evaluated[epoch] is None else evaluated[epoch]
+                    ),
                 })
     if error is not None:
         (run_dir / "error.txt").write_text(error)

@@ -44,11 +44,11 @@ def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> N
 
     text = out.read_text()
     assert table_row(text, "HalfCheetah-v5") == [
-        "HalfCheetah-v5", "4600 / 4500 / 4700", "4600 ± 82", "300", "4500 (no seed < 3600)", "yes"
+        "HalfCheetah-v5", "4600 / 4500 / 4700", "4600 ± 82", "300", "4500 (no seed < 3600)", "yes", "n/a"
     ]
     assert table_row(text, "Hopper-v5")[1:3] == ["4500 / 4500 / 2700", "3900 ± 849"]
-    assert table_row(text, "Hopper-v5")[-1] == "no"
-    assert table_row(text, "Walker2d-v5")[-1] == "no"
+    assert table_row(text, "Hopper-v5")[-2] == "no"
+    assert table_row(text, "Walker2d-v5")[-2] == "no"
     for task in ("halfcheetah", "hopper", "walker2d"):
         assert (out.parent / "figures" / f"results-{task}.png").stat().st_size > 0
         assert f"figures/results-{task}.png" in text
@@ -93,12 +93,42 @@ def test_general_preset_table_has_a_row_per_task_and_marks_unfinished_runs(tmp_p
     text = out.read_text()
     assert "## The general preset on every task it was run on" in text
     # one seed: no spread to show; the last cell is Tianshou's TRPO on the task
-    assert table_row(text, "Ant-v5") == ["Ant-v5", "0", "1221", "n/a", "300", "2867 ± 708"]
+    assert table_row(text, "Ant-v5") == ["Ant-v5", "0", "1221", "n/a", "300", "n/a", "2867 ± 708"]
     assert table_row(text, "Reacher-v5")[2] == "-3.3"  # small returns keep a decimal
     assert table_row(text, "Swimmer-v5") == [
-        "Swimmer-v5", "0, 1, 2", "328 / 340 / unfinished", "334 ± 6", "300", "40.9 ± 19.6"
+        "Swimmer-v5", "0, 1, 2", "328 / 340 / unfinished", "334 ± 6", "300", "n/a", "40.9 ± 19.6"
     ]
     assert "| HalfCheetah-v5 |" not in text.split("## Anchors")[0]  # no preset runs: no preset rows
+
+
+def test_best_during_training_is_each_seeds_best_evaluation_where_runs_were_evaluated_during_training(
+    tmp_path: Path,
+) -> None:
+    """Runs evaluated every few epochs (eval.freq): per seed the best EvalEpRet of any row, the final one included,
+    and their mean ± std; the goal is still judged on the final EvalEpRet. A run evaluated only at the end makes
+    the cell n/a, since a best of one evaluation is not a best during training."""
+    results = tmp_path / "results"
+    during = {0: [None, 3000.0, None, 5200.0, None], 1: [None, 4000.0, None, 4100.0, None]}
+    for seed, final in ((0, 4800.0), (1, 4300.0)):
+        write_run(results / "walker2d" / str(seed), [1.0] * 5, eval_return=final,
+                  config={"seed": seed, "env.id": "Walker2d-v5"}, columns={"EvalEpRet": during[seed]})
+    write_run(results / "general" / "Ant-v5" / "0", [1.0] * 3, eval_return=2000.0,
+              config={"seed": 0, "env.id": "Ant-v5"}, columns={"EvalEpRet": [2100.0, None, None]})
+    write_run(results / "general" / "Ant-v5" / "1", [1.0] * 3, eval_return=1900.0,
+              config={"seed": 1, "env.id": "Ant-v5"})  # evaluated only at the end
+    write_run(results / "general" / "Hopper-v5" / "0", [1.0] * 3, eval_return=3000.0,
+              config={"seed": 0, "env.id": "Hopper-v5"}, columns={"EvalEpRet": [3100.0, 2900.0, None]})
+    out = tmp_path / "results.md"
+
+    main(["--results-dir", str(results), "--out", str(out)])
+
+    text = out.read_text()
+    walker = table_row(text, "Walker2d-v5")
+    assert walker[1:3] == ["4800 / 4300", "4550 ± 250"]  # final EvalEpRet, as before
+    assert walker[-1] == "5200 / 4300 (4750 ± 450)"  # seed 0's best mid-run, seed 1's best its final one
+    general = text.split("## The general preset")[1]
+    assert table_row(general, "Ant-v5")[-2] == "n/a"
+    assert table_row(general, "Hopper-v5")[-2:] == ["3100 (3100 ± 0)", "2046 ± 1038"]
 
 
 def test_the_report_remade_from_its_run_records_is_the_same(tmp_path: Path) -> None:
