@@ -224,7 +224,7 @@ class Runner:
                         "epoch": epoch + 1,
                         "elapsed": time.perf_counter() - start,
                         "skipped_updates": skipped_updates,
-                        "eval_ep_ret": row.get("EvalEpRet"),
+                        "eval_ep_ret": row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
                         "model": {
                             "env_id": cfg.env.id,
                             "hidden_sizes": list(cfg.policy.hidden_sizes),
