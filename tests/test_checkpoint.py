@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 import trpo.checkpoint
+import trpo.runner
 from tests.conftest import (
     ROOT,
     TINY,
@@ -412,3 +413,20 @@ def test_relaunch_with_fewer_epochs_than_an_unfinished_checkpoint_does_not_crash
     except CheckpointError:
         return
     assert isinstance(result, float)
+
+
+def test_only_the_final_checkpoint_holds_an_eval_ep_ret(tmp_path: Path, monkeypatch) -> None:
+    """With eval.freq=2 and a checkpoint every epoch, epoch 2's checkpoint comes right after an evaluation: it still
+    holds no eval_ep_ret, which marks a finished run; the final checkpoint holds the final EvalEpRet."""
+    saved = []
+
+    def recording_save(run_dir: Path, payload: dict) -> None:
+        saved.append((payload["epoch"], payload["eval_ep_ret"]))
+        save_checkpoint(run_dir, payload)
+
+    monkeypatch.setattr(trpo.runner, "save_checkpoint", recording_save)
+    run_dir = tmp_path / "run"
+    final = train_in_process(run_dir, [*CARTPOLE, "epochs=4", "eval.freq=2"])  # CARTPOLE saves every epoch
+    rows = read_rows(run_dir)
+    assert [bool(row["EvalEpRet"]) for row in rows] == [False, True, False, True]
+    assert saved == [(1, None), (2, None), (3, None), (4, final)] and float(rows[-1]["EvalEpRet"]) == pytest.approx(final)
