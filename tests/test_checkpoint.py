@@ -429,4 +429,5 @@ def test_only_the_final_checkpoint_holds_an_eval_ep_ret(tmp_path: Path, monkeypa
     final = train_in_process(run_dir, [*CARTPOLE, "epochs=4", "eval.freq=2"])  # CARTPOLE saves every epoch
     rows = read_rows(run_dir)
     assert [bool(row["EvalEpRet"]) for row in rows] == [False, True, False, True]
-    assert saved == [(1, None), (2, None), (3, None), (4, final)] and float(rows[-1]["EvalEpRet"]) == pytest.approx(final)
+    assert saved == [(1, None), (2, None), (3, None), (4, final)]
+    assert float(rows[-1]["EvalEpRet"]) == pytest.approx(final)
