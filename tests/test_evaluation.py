@@ -185,8 +185,10 @@ def test_eval_freq_evaluates_during_training_and_leaves_training_unchanged(tmp_p
     assert [bool(row["EvalEpRet"]) for row in evaluated] == [False, True, False, True, True]
     assert [bool(row["EvalEpRet"]) for row in plain] == [False, False, False, False, True]
     assert without_wall_clock(evaluated)[-1] == without_wall_clock(plain)[-1]  # the final EvalEpRet too
-    training = [{k: v for k, v in row.items() if k != "EvalEpRet"} for row in without_wall_clock(evaluated)]
-    assert training == [{k: v for k, v in row.items() if k != "EvalEpRet"} for row in without_wall_clock(plain)]
+    def training_columns(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [{k: v for k, v in row.items() if k != "EvalEpRet"} for row in without_wall_clock(rows)]
+
+    assert training_columns(evaluated) == training_columns(plain)
 
 
 def test_eval_freq_must_not_be_negative(tmp_path: Path) -> None:

@@ -128,8 +128,9 @@ def best_during_training(runs: Sequence[Run]) -> str:
     for run in runs:
         if run.eval_return is None:
             continue
-        evaluated = np.isfinite(run.column("EvalEpRet"))
-        curves.append(dict(zip(run.steps[evaluated], run.column("EvalEpRet")[evaluated])))
+        returns = run.column("EvalEpRet")
+        evaluated = np.isfinite(returns)
+        curves.append(dict(zip(run.steps[evaluated], returns[evaluated])))
     shared = sorted(set.intersection(*(set(curve) for curve in curves))) if curves else []
     if len(shared) < 2:
         return "n/a"
