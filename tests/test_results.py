@@ -54,6 +54,8 @@ def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> N
         assert f"figures/results-{task}.png" in text
     assert "general preset" not in text  # no runs under results/general: no table
     assert "not chosen on" not in text  # nor under results/heldout
+    assert "logger.mode=disabled hydra.sweep.dir" in text  # not evaluated during training: no eval.freq
+    assert f"by `python -m trpo.results --results-dir {results} --out {out}` on" in text  # main's own arguments
 
 
 def test_heldout_table_applies_the_goal_to_the_other_seeds(tmp_path: Path) -> None:
@@ -110,8 +112,10 @@ def test_best_during_training_is_the_top_of_the_seed_mean_evaluation_curve(tmp_p
     during = {0: [None, 3000.0, None, 5200.0, None], 1: [None, 4000.0, None, 4100.0, None]}
     for seed, final in ((0, 4800.0), (1, 4300.0)):
         write_run(results / "walker2d" / str(seed), [1.0] * 5, eval_return=final,
-                  config={"seed": seed, "env.id": "Walker2d-v5", "epochs": 5}, columns={"EvalEpRet": during[seed]})
-    write_run(results / "walker2d" / "2", [1.0] * 4, config={"seed": 2, "env.id": "Walker2d-v5", "epochs": 5},
+                  config={"seed": seed, "env.id": "Walker2d-v5", "epochs": 5, "eval": {"freq": 2}},
+                  columns={"EvalEpRet": during[seed]})
+    write_run(results / "walker2d" / "2", [1.0] * 4,
+              config={"seed": 2, "env.id": "Walker2d-v5", "epochs": 5, "eval": {"freq": 2}},
               columns={"EvalEpRet": [None, 9000.0, None, 9000.0]})  # stopped after an evaluation
     write_run(results / "general" / "Ant-v5" / "0", [1.0] * 3, eval_return=2000.0,
               config={"seed": 0, "env.id": "Ant-v5"}, columns={"EvalEpRet": [2100.0, None, None]})
@@ -131,6 +135,7 @@ def test_best_during_training_is_the_top_of_the_seed_mean_evaluation_curve(tmp_p
     general = text.split("## The general preset")[1]
     assert table_row(general, "Ant-v5")[-2] == "n/a"
     assert table_row(general, "Hopper-v5")[-2:] == ["3100 (at 100 steps)", "2046 ± 1038"]
+    assert "logger.mode=disabled eval.freq=2 hydra.sweep.dir" in text  # the header's command: the runs' own
 
 
 def test_the_report_remade_from_its_run_records_is_the_same(tmp_path: Path) -> None:

@@ -237,7 +237,16 @@ def write_records(results_dir: Path, records_dir: Path) -> int:
     return len(runs)
 
 
-def write_report(results_dir: Path, out: Path) -> str:
+def eval_freq_override(runs: Sequence[Run]) -> str:
+    """The runs' ``eval.freq`` as the override in the report's command line (``make results`` passes its
+    ``EVAL_FREQ``): empty where they were not evaluated during training, the values joined by "|" where they
+    differ."""
+    values = sorted({int(r.config.get("eval.freq", 0)) for r in runs if r.config is not None} - {0})
+    return f"eval.freq={'|'.join(map(str, values))} " if values else ""
+
+
+def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> str:
+    """Write the report to ``out`` and return it; ``command_args``: the arguments it was made with, for its header."""
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     rows = [
@@ -280,10 +289,10 @@ def write_report(results_dir: Path, out: Path) -> str:
     lines = [
         "# Results at 1M env steps",
         "",
-        f"Made {datetime.now():%Y-%m-%d %H:%M} by `{' '.join(['python -m trpo.results', *sys.argv[1:]])}` on "
+        f"Made {datetime.now():%Y-%m-%d %H:%M} by `{' '.join(['python -m trpo.results', *command_args])}` on "
         f"{machine_description()}, from the runs under `{display_path(results_dir)}`: "
         "`python launch.py -m experiment=<task> seed=0,1,2 overlap_value_fit=false "
-        "logger.mode=disabled eval.freq=15 "
+        f"logger.mode=disabled {eval_freq_override([r for task in TASKS for r in runs_under(results_dir / task)])}"
         "hydra.sweep.dir=outputs/results/<task> 'hydra.sweep.subdir=${seed}'`, as `make results` runs them. "
         f"What this report read from each run is kept in `{RECORDS_NAME}/` beside it.",
         "",
@@ -321,8 +330,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=ROOT / "outputs" / "results")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
-    args = parser.parse_args(argv)
-    print(write_report(args.results_dir, args.out))
+    command_args = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(command_args)
+    print(write_report(args.results_dir, args.out, command_args))
     records = args.out.parent / RECORDS_NAME
     if not args.results_dir.resolve().is_relative_to(records.resolve()):  # remade from the records: they stay
         count = write_records(args.results_dir, records)
