@@ -348,6 +348,8 @@ def test_resume_with_a_checkpoint_of_another_env_is_refused(tmp_path: Path, cart
         ("sampler.num_envs=4", "num_envs"),
         ("steps_per_epoch=200", "steps_per_epoch"),
         ("+env.kwargs.sutton_barto_reward=true", "env.kwargs"),
+        ("sampler.normalize_obs=true", "normalize_obs"),
+        ("sampler.normalize_rewards=true", "normalize_rewards"),
     ],
 )
 def test_relaunch_with_another_network_optimizer_or_batch_is_refused(

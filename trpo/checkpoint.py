@@ -49,7 +49,8 @@ def check_compatible(
     checkpoint: dict[str, Any], env_id: str, hidden_sizes: list[int], activation: str, **run_keys: Any
 ) -> None:
     """Refuse a checkpoint trained on another env or with another network shape, or (``run_keys``, config keys
-    by their dotted names) another update rule or batch shape. Keys an older checkpoint lacks are not checked."""
+    by their dotted names) another update rule, batch shape or normalisation. Keys an older checkpoint lacks are
+    not checked."""
     saved = checkpoint["model"]
     mine = {"env_id": env_id, "hidden_sizes": list(hidden_sizes), "activation": activation, **run_keys}
     for key, value in mine.items():

@@ -254,12 +254,15 @@ class Runner:
 
 
 def run_keys(cfg: DictConfig) -> dict:
-    """Config keys a checkpoint can only be continued with: the env's constructor arguments, the update rule and the
-    shape of the batch."""
+    """Config keys a checkpoint can only be continued with: the env's constructor arguments, the update rule, the
+    shape of the batch, and whether observations and rewards are normalised (the networks were trained on the
+    normalised ones, and the statistics are in the checkpoint or not)."""
     return {
         "env.kwargs": env_kwargs(cfg),
         "optimizer._target_": cfg.optimizer._target_,
         "sampler.num_envs": cfg.sampler.num_envs,
+        "sampler.normalize_obs": cfg.sampler.normalize_obs,
+        "sampler.normalize_rewards": cfg.sampler.normalize_rewards,
         "steps_per_epoch": cfg.steps_per_epoch,
     }
 
