@@ -49,7 +49,7 @@ class StepResult:
     rewards: np.ndarray
     terminated: np.ndarray  # the episode reached a terminal state: its future value is 0
     truncated: np.ndarray  # the episode was cut by the time limit: its future value is V(final_obs)
-    final_obs: np.ndarray  # the last observation of the finished episode where truncated, else obs
+    final_obs: np.ndarray  # where an episode ended, its last observation (used where truncated); else obs
     finished_returns: list[float]  # undiscounted returns of the episodes that ended this step
     finished_lengths: list[int]
 

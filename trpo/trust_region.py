@@ -5,7 +5,7 @@ TRPO (Schulman et al., 2015) picks the new policy parameters by solving
 .. math::
 
     \theta_{k+1} = \arg\max_\theta \; L(\theta_k, \theta)
-    \quad \text{s.t.} \quad \bar{D}_{KL}(\theta \,\|\, \theta_k) \le \delta
+    \quad \text{s.t.} \quad \bar{D}_{KL}(\theta_k \,\|\, \theta) \le \delta
 
 with the surrogate advantage :math:`L` and the mean KL divergence :math:`\bar D_{KL}` below. Expanding
 :math:`L` to first order and :math:`\bar D_{KL}` to second order around :math:`\theta_k` gives
@@ -42,8 +42,9 @@ def surrogate_advantage(logp: torch.Tensor, logp_old: torch.Tensor, advantages: 
 
 
 def mean_kl(old: Distribution, new: Distribution) -> torch.Tensor:
-    r""":math:`\bar D_{KL}(\theta \| \theta_k) = \mathbb{E}_{s \sim \pi_{\theta_k}}
-    \left[D_{KL}\big(\pi_{\theta_k}(\cdot|s) \,\|\, \pi_\theta(\cdot|s)\big)\right]` over the batch's states."""
+    r""":math:`\bar D_{KL}(\theta_k \| \theta) = \mathbb{E}_{s \sim \pi_{\theta_k}}
+    \left[D_{KL}\big(\pi_{\theta_k}(\cdot|s) \,\|\, \pi_\theta(\cdot|s)\big)\right]` over the batch's states: the old
+    policy first, as in the TRPO paper (Spinning Up writes the pair the other way round for the same quantity)."""
     return kl_divergence(old, new).mean()
 
 
@@ -138,8 +139,9 @@ def max_step(x: torch.Tensor, hx: torch.Tensor, delta: float, max_multiplier: fl
     r"""The full step :math:`s = \min\big(\sqrt{2\delta / x^\top H x},\ \eta\big)\; x`.
 
     :math:`\sqrt{2\delta / x^\top H x}\,x` is the largest multiple of the direction :math:`x` whose quadratic KL
-    model :math:`\tfrac12 s^\top H s` equals :math:`\delta`: TRPO's step, always on the trust region's boundary,
-    however small the gradient. ``max_multiplier`` :math:`\eta` (default :math:`\infty`: TRPO) caps it at the
+    model :math:`\tfrac12 s^\top H s` equals :math:`\delta`: TRPO's step, always on the model's boundary, however
+    small the gradient. :math:`H` here carries the damping, so the step's true KL lands below :math:`\delta` by
+    the damping's share. ``max_multiplier`` :math:`\eta` (default :math:`\infty`: TRPO) caps it at the
     natural-gradient step :math:`\eta x`, the classical trust-region rule: take the model's own step when it
     lies inside the region, and the boundary only when it does not. Then a gradient that is small (advantages
     near zero once a task is solved) moves the policy a little, not a full :math:`\delta`."""

@@ -48,7 +48,8 @@ class UpdateRule:
         gamma: discount factor, in [0, 1]; usually 0.99.
         lam: GAE's :math:`\\lambda`, in [0, 1]; usually 0.95-0.97.
         vf_lr: Adam learning rate of the value function; usually 1e-3.
-        train_v_iters: full-batch value-function gradient steps per epoch; usually 80.
+        train_v_iters: value-function passes over the batch per epoch, one Adam step per minibatch (with
+            ``vf_minibatches`` 1, full-batch steps); usually 80.
         normalize_advantages: rescale each batch's advantages to mean 0 and std 1 before the policy step
             (a per-batch change of the surrogate's scale and baseline; the KL limit still sets the step).
         vf_lr_schedule: ``constant``, or ``linear``: ``vf_lr`` decays linearly to 0 over the run (see
@@ -167,12 +168,13 @@ class _KLLimitedRule(UpdateRule):
         delta_schedule: ``constant``, or ``linear``: :math:`\delta` decays linearly to 0 over the run (see
             :meth:`anneal`), the trust-region analogue of a decaying learning rate: late updates move the policy
             less, so the run ends on a settled policy rather than mid-oscillation.
-        natural_lr: ``None`` (TRPO's step, always a full :math:`\delta`), or :math:`\eta`: the step is at most the
-            natural-gradient step :math:`\eta H^{-1} g` on the advantages as estimated (before normalisation;
-            see :func:`~trpo.trust_region.max_step`). During learning the KL limit is the tighter bound, so the
-            step is TRPO's; once the advantages are near zero (a solved task) the step shrinks with them instead
-            of moving the policy a full :math:`\delta` along noise. With rewards scaled, 10-50 (docs/trpo.md,
-            2.2: 10 slowed HalfCheetah, 50 let InvertedPendulum collapse; 20, the general preset's, did neither).
+        natural_lr: ``None`` (TRPO's step, always to the KL limit of its quadratic model), or :math:`\eta`: the
+            step is at most the natural-gradient step :math:`\eta H^{-1} g` on the advantages as estimated and
+            centred (normalisation's division undone, its mean shift kept; see :func:`~trpo.trust_region.max_step`).
+            During learning the KL limit is the tighter bound, so the step is TRPO's; once the advantages are near
+            zero (a solved task) the step shrinks with them instead of moving the policy a full :math:`\delta` along
+            noise. With rewards scaled, 10-50 (docs/trpo.md, 2.2: 10 slowed HalfCheetah, 50 let InvertedPendulum
+            collapse; 20, the general preset's, did neither).
         **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
     """
 
@@ -201,7 +203,7 @@ class _KLLimitedRule(UpdateRule):
             self.delta = self.initial_delta * (1.0 - progress)
 
     def natural_gradient_step(self, batch: Batch) -> _NaturalGradientStep:
-        # x is H^-1 g of the normalised advantages: eta H^-1 g of the estimated ones is eta * scale * x.
+        # x is H^-1 g of the normalised advantages: eta H^-1 g of the centred estimated ones is eta * scale * x.
         max_multiplier = math.inf if self.natural_lr is None else self.natural_lr * batch.advantage_scale
         return _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta, max_multiplier)
 
