@@ -240,11 +240,10 @@ def read_run(path: Path) -> Run:
     """Everything :class:`Run` holds about the run dir ``path``."""
     table = read_table(path)
     steps, returns, eval_return = split_table(table)
-    config = read_config(path)
-    planned = None if config is None else config.get("epochs")
-    if planned is not None and len(steps) < planned:
-        eval_return = None  # an unfinished run's last EvalEpRet is one of eval.freq's, not the final evaluation
-    return Run(path, config, steps, returns, eval_return, read_error(path), table)
+    run = Run(path, read_config(path), steps, returns, eval_return, read_error(path), table)
+    if run.epochs_planned is not None and len(steps) < run.epochs_planned:
+        run.eval_return = None  # an unfinished run's last EvalEpRet is one of eval.freq's, not the final evaluation
+    return run
 
 
 # ---------------------------------------------------------------------------------------------------------

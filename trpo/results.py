@@ -150,9 +150,8 @@ def goal_cell(goal: float) -> str:
     return f"{goal:.0f} (no seed < {SEED_FLOOR * goal:.0f})"
 
 
-def task_row(task: str, env_id: str, goal: float, results_dir: Path, figures_dir: Path) -> Optional[list[str]]:
-    """One table row (or None when the task has no runs yet), and its learning-curve figure."""
-    runs = runs_under(results_dir / task)
+def task_row(task: str, env_id: str, goal: float, runs: Sequence[Run], figures_dir: Path) -> Optional[list[str]]:
+    """One table row for the task preset's ``runs`` (or None when it has none yet), and its learning-curve figure."""
     if not runs:
         return None
     plot_curves([Group(f"TRPO, experiment={task}", runs)], figures_dir / f"results-{task}.png", title=f"{env_id}")
@@ -249,8 +248,10 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
     """Write the report to ``out`` and return it; ``command_args``: the arguments it was made with, for its header."""
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
+    preset_runs = {task: runs_under(results_dir / task) for task in TASKS}
     rows = [
-        row for task, (env_id, goal) in TASKS.items() if (row := task_row(task, env_id, goal, results_dir, figures))
+        row for task, (env_id, goal) in TASKS.items()
+        if (row := task_row(task, env_id, goal, preset_runs[task], figures))
     ]
     heldout = heldout_rows(results_dir / HELDOUT_DIR)
     heldout_lines = [
@@ -292,7 +293,7 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
         f"Made {datetime.now():%Y-%m-%d %H:%M} by `{' '.join(['python -m trpo.results', *command_args])}` on "
         f"{machine_description()}, from the runs under `{display_path(results_dir)}`: "
         "`python launch.py -m experiment=<task> seed=0,1,2 overlap_value_fit=false "
-        f"logger.mode=disabled {eval_freq_override([r for task in TASKS for r in runs_under(results_dir / task)])}"
+        f"logger.mode=disabled {eval_freq_override([r for runs in preset_runs.values() for r in runs])}"
         "hydra.sweep.dir=outputs/results/<task> 'hydra.sweep.subdir=${seed}'`, as `make results` runs them. "
         f"What this report read from each run is kept in `{RECORDS_NAME}/` beside it.",
         "",
