@@ -26,6 +26,7 @@ from trpo.evaluation import (
     evaluate,
     evaluate_checkpoint,
     frozen_obs_normalizer,
+    load_trained_policy,
     trained_config,
     uses_mujoco,
 )
@@ -63,7 +64,8 @@ def assert_one_line_error(result, *fragments: str) -> str:
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory) -> dict[str, Path]:
     """A CartPole run, a MuJoCo run whose episodes are at most 10 steps (quick to film), and one whose env was made
-    with env.kwargs (HalfCheetah-v5 observing its x position too: 18 numbers), trained side by side."""
+    with env.kwargs (HalfCheetah-v5 observing its x position too: 18 numbers) and normalised observations, trained
+    side by side."""
     root = tmp_path_factory.mktemp("trained")
     jobs = {
         "cartpole": ["env=cartpole"],
@@ -72,6 +74,7 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
             "env=halfcheetah",
             "env.max_ep_len=10",
             "+env.kwargs.exclude_current_positions_from_observation=false",
+            "sampler.normalize_obs=true",
         ],
     }
     with ThreadPoolExecutor(len(jobs)) as pool:
@@ -239,6 +242,30 @@ def test_eval_makes_the_env_with_the_runs_env_kwargs(trained_runs: dict[str, Pat
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["mean"] == pytest.approx(
         final_eval_ep_ret(run_dir)
     )
+
+
+def test_load_trained_policy_plays_the_runs_final_evaluation_again(trained_runs: dict[str, Path]) -> None:
+    """A hand-written episode loop with the loaded policy (its env made with the run's kwargs, its observations
+    through the run's frozen normaliser, its actions clipped) scores each run's final EvalEpRet again, from the run
+    dir or its checkpoint file; a batch of observations gives a batch of actions inside the bounds."""
+    for name, path in (("cheetah", trained_runs["cheetah"]), ("cartpole", trained_runs["cartpole"] / "checkpoint.pt")):
+        trained = load_trained_policy(path)
+        assert trained.epoch == 2 and (trained.obs_filter is not None) == (name == "cheetah")
+        env = make_env(trained.env_id, trained.max_ep_len, make_kwargs=trained.make_kwargs)
+        returns = []
+        for i in range(2):  # TRAIN's eval.episodes, seeded as the Runner seeds them (seed 0)
+            obs, _ = env.reset(seed=EVAL_SEED_OFFSET + i)
+            total, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(trained(obs))
+                total, done = total + float(reward), terminated or truncated
+            returns.append(total)
+        assert np.mean(returns) == pytest.approx(final_eval_ep_ret(path if path.is_dir() else path.parent))
+    cheetah = load_trained_policy(trained_runs["cheetah"])
+    with torch.no_grad():
+        cheetah.policy.mean_net[-1].weight.mul_(1000)  # means far outside the action box [-1, 1]
+    actions = cheetah(np.random.default_rng(0).standard_normal((5, 18)))
+    assert actions.shape == (5, 6) and np.all(np.abs(actions) <= 1.0) and (np.abs(actions) == 1.0).any()
 
 
 def test_eval_refuses_a_checkpoint_from_another_env_or_without_config(cartpole_run: Path, tmp_path: Path) -> None:

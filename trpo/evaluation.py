@@ -4,7 +4,8 @@
 rebuilds its policy from the trained run's own config (``RUN_DIR/.hydra/config.yaml``: env, ``max_ep_len``, network
 shape), plays ``N`` deterministic episodes seeded as the Runner's final evaluation, prints the mean return, writes
 ``eval.json`` (and ``videos/episode-<i>.mp4``) into the eval command's own output dir, and logs a W&B run of
-``job_type="eval"``.
+``job_type="eval"``. In Python, :func:`load_trained_policy` gives the same policy as a callable, for an episode
+loop of one's own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -50,6 +52,19 @@ class RenderingError(ConfigError):
     install. A :class:`ConfigError`, so ``run_from_hydra`` reports it as one line and exits with status 2."""
 
 
+def deterministic_action(
+    policy: Policy, obs: np.ndarray, obs_filter: Optional[ObsFilter], action_space: gym.Space
+) -> np.ndarray:
+    """The action evaluation takes at ``obs`` (one observation or a batch): the policy's deterministic action on
+    the filtered observation, clipped to the bounds of a ``Box`` action space as the env steps were in training."""
+    policy_obs = obs_filter(obs) if obs_filter is not None else obs
+    with torch.no_grad():
+        action = policy.deterministic_action(torch.as_tensor(policy_obs, dtype=torch.float32)).numpy()
+    if isinstance(action_space, gym.spaces.Box):
+        action = np.clip(action, action_space.low, action_space.high)
+    return action
+
+
 def evaluate(
     policy: Policy,
     env_id: str,
@@ -74,7 +89,6 @@ def evaluate(
     render_mode = "rgb_array" if on_frame is not None else None
     env = make_env(env_id, max_ep_len, render_mode, make_kwargs)
     try:
-        continuous = isinstance(env.action_space, gym.spaces.Box)
         returns = []
         for i in range(episodes):
             obs, _ = env.reset(seed=seed + i)
@@ -82,11 +96,7 @@ def evaluate(
                 on_frame(i, env.render())
             done, total, length = False, 0.0, 0
             while not done:
-                policy_obs = obs_filter(obs) if obs_filter is not None else obs
-                with torch.no_grad():
-                    action = policy.deterministic_action(torch.as_tensor(policy_obs, dtype=torch.float32)).numpy()
-                if continuous:
-                    action = np.clip(action, env.action_space.low, env.action_space.high)
+                action = deterministic_action(policy, obs, obs_filter, env.action_space)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 length += 1
@@ -113,38 +123,21 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
     :class:`RenderingError` when ``eval.video=true`` cannot render or encode here.
     """
     job_dir = Path(job_dir)
-    run_dir = Path(cfg.checkpoint)
-    if run_dir.name == CHECKPOINT_NAME and run_dir.is_file():  # checkpoint=RUN_DIR/checkpoint.pt works too
-        run_dir = run_dir.parent
-    checkpoint = load_checkpoint(run_dir)
-    trained = trained_config(run_dir)
-    env_id, max_ep_len = trained.env.id, int(trained.env.max_ep_len)
-    make_kwargs = env_kwargs(trained)
-    check_compatible(checkpoint, env_id, trained.policy.hidden_sizes, trained.policy.activation)
+    run_dir, checkpoint, trained = _read_trained_run(cfg.checkpoint)
 
     videos: Optional[EpisodeVideos] = None
     if cfg.eval.video:
         _check_video_writer()
-        if uses_mujoco(env_id):  # before the env is made: importing mujoco already reads MUJOCO_GL
+        if uses_mujoco(trained.env.id):  # before the env is made: importing mujoco already reads MUJOCO_GL
             choose_mujoco_gl()
 
     torch.set_num_threads(cfg.torch_threads)
-    env = make_env(env_id, max_ep_len, make_kwargs=make_kwargs)
-    policy = make_policy(env.observation_space, env.action_space, **trained.policy)
-    fps = int(env.metadata.get("render_fps") or 30)
-    env.close()
-    try:
-        policy.load_state_dict(checkpoint["policy"])
-    except (KeyError, RuntimeError) as error:
-        raise CheckpointError(
-            f"checkpoint {run_dir / CHECKPOINT_NAME} holds no policy that fits {env_id} with "
-            f"policy={OmegaConf.to_container(trained.policy)} ({type(error).__name__})"
-        ) from None
-    obs_filter = frozen_obs_normalizer(checkpoint.get("obs_normalizer"), run_dir / CHECKPOINT_NAME)
+    loaded = _trained_policy(run_dir, checkpoint, trained)
+    env_id, max_ep_len = loaded.env_id, loaded.max_ep_len
     # The trained run's seed, as its final evaluation used, unless seed=... is given to this command.
     seed = cfg.seed if _given_on_command_line("seed") else int(trained.seed)
     if cfg.eval.video:
-        videos = EpisodeVideos(job_dir / VIDEO_DIR, fps)
+        videos = EpisodeVideos(job_dir / VIDEO_DIR, loaded.render_fps)
     lengths: list[int] = []
 
     def episode_end(i: int, total: float, length: int) -> None:
@@ -154,15 +147,15 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
 
     try:
         returns = evaluate(
-            policy,
+            loaded.policy,
             env_id,
             max_ep_len,
             cfg.eval.episodes,
             seed + EVAL_SEED_OFFSET,
             on_frame=videos.frame if videos is not None else None,
             on_episode_end=episode_end,
-            obs_filter=obs_filter,
-            make_kwargs=make_kwargs,
+            obs_filter=loaded.obs_filter,
+            make_kwargs=loaded.make_kwargs,
         )
     except gym.error.DependencyNotInstalled as error:  # e.g. classic-control envs render with pygame
         raise RenderingError(f"eval.video=true: {env_id} cannot render here: {error}") from None
@@ -193,6 +186,71 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
     if cfg.logger.mode != "disabled":
         _log_to_wandb(cfg, trained, run_dir, checkpoint, job_dir, result)
     return mean
+
+
+@dataclass
+class TrainedPolicy:
+    """A run's saved policy (a finished run's final one), acting as the run's evaluation did: call it with an
+    observation of the env (or a batch of them) for the action; ``make_env(p.env_id, p.max_ep_len,
+    make_kwargs=p.make_kwargs)`` makes the env it was trained on.
+    """
+
+    policy: Policy
+    obs_filter: Optional[ObsFilter]  # the run's observation normaliser, frozen; None if it trained without one
+    action_space: gym.Space
+    env_id: str
+    max_ep_len: int
+    make_kwargs: dict[str, Any]
+    render_fps: int
+    epoch: int  # the epochs the saved policy was trained for
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return deterministic_action(self.policy, obs, self.obs_filter, self.action_space)
+
+
+def load_trained_policy(run_dir: str | Path) -> TrainedPolicy:
+    """The policy saved in ``run_dir`` (a run's directory, or its ``checkpoint.pt``), rebuilt from the run's own
+    config, as ``task=eval`` plays it.
+
+    Raises :class:`CheckpointError` for a missing, corrupt or mismatched checkpoint or run config.
+    """
+    return _trained_policy(*_read_trained_run(run_dir))
+
+
+def _read_trained_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], DictConfig]:
+    """The run dir, its checkpoint and its config, checked against each other."""
+    run_dir = Path(run_dir)
+    if run_dir.name == CHECKPOINT_NAME and run_dir.is_file():  # RUN_DIR/checkpoint.pt works too
+        run_dir = run_dir.parent
+    checkpoint = load_checkpoint(run_dir)
+    trained = trained_config(run_dir)
+    check_compatible(checkpoint, trained.env.id, trained.policy.hidden_sizes, trained.policy.activation)
+    return run_dir, checkpoint, trained
+
+
+def _trained_policy(run_dir: Path, checkpoint: dict[str, Any], trained: DictConfig) -> TrainedPolicy:
+    env_id, max_ep_len, make_kwargs = trained.env.id, int(trained.env.max_ep_len), env_kwargs(trained)
+    env = make_env(env_id, max_ep_len, make_kwargs=make_kwargs)
+    policy = make_policy(env.observation_space, env.action_space, **trained.policy)
+    render_fps = int(env.metadata.get("render_fps") or 30)
+    env.close()
+    try:
+        policy.load_state_dict(checkpoint["policy"])
+    except (KeyError, RuntimeError) as error:
+        raise CheckpointError(
+            f"checkpoint {run_dir / CHECKPOINT_NAME} holds no policy that fits {env_id} with "
+            f"policy={OmegaConf.to_container(trained.policy)} ({type(error).__name__})"
+        ) from None
+    return TrainedPolicy(
+        policy=policy,
+        obs_filter=frozen_obs_normalizer(checkpoint.get("obs_normalizer"), run_dir / CHECKPOINT_NAME),
+        action_space=env.action_space,
+        env_id=env_id,
+        max_ep_len=max_ep_len,
+        make_kwargs=make_kwargs,
+        render_fps=render_fps,
+        epoch=int(checkpoint["epoch"]),
+    )
 
 
 def trained_config(run_dir: Path) -> DictConfig:
