@@ -166,7 +166,7 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
     mean, std = float(np.mean(returns)), float(np.std(returns))
     result = {
         "checkpoint": str((run_dir / CHECKPOINT_NAME).resolve()),
-        "epoch": int(checkpoint["epoch"]),
+        "epoch": loaded.epoch,
         "env_id": env_id,
         "max_ep_len": max_ep_len,
         "seed": seed,
