@@ -74,6 +74,7 @@ def test_sweep_gives_one_wandb_group_and_named_runs(tmp_path: Path) -> None:
         ("optimizer.delta=abc", "optimizer.delta"),
         ("optimizer.natural_lr=0", "optimizer.natural_lr"),
         ("env.id=NoSuchEnv-v0", "env.id"),
+        ("policy.distribution=laplace", "policy.distribution"),
     ],
 )
 def test_bad_value_is_refused_with_one_line(tmp_path: Path, override: str, key: str) -> None:
@@ -88,17 +89,34 @@ def test_bad_value_is_refused_with_one_line(tmp_path: Path, override: str, key: 
     assert not (run_dir / "progress.csv").exists()
 
 
-def test_trpo_learns_cartpole(tmp_path: Path) -> None:
-    """TRPO at its defaults measurably learns CartPole within 30k steps: returns far above a random policy's ~22."""
+def learn_for_30k_steps(tmp_path: Path, *overrides: str) -> tuple[float, float, float]:
+    """Train 15 epochs of 2,000 steps over 4 envs; the first and last epochs' AverageEpRet and the final EvalEpRet."""
     cfg = compose_config(
-        ["env=cartpole", "logger.mode=disabled", "epochs=15", "steps_per_epoch=2000", "sampler.num_envs=4"]
+        [*overrides, "logger.mode=disabled", "epochs=15", "steps_per_epoch=2000", "sampler.num_envs=4"]
     )
     final_eval = Runner(cfg, RunIdentity(tmp_path)).run()
     rows = read_progress(tmp_path)
-    first, last = float(rows[0]["AverageEpRet"]), float(rows[-1]["AverageEpRet"])
+    return float(rows[0]["AverageEpRet"]), float(rows[-1]["AverageEpRet"]), final_eval
+
+
+def test_trpo_learns_cartpole(tmp_path: Path) -> None:
+    """TRPO at its defaults measurably learns CartPole within 30k steps: returns far above a random policy's ~22."""
+    first, last, final_eval = learn_for_30k_steps(tmp_path, "env=cartpole")
     assert first < 40
     assert last > 3 * first
     assert final_eval > 150
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "beta"])
+def test_trpo_learns_inverted_pendulum_with_either_box_policy(tmp_path: Path, distribution: str) -> None:
+    """With a Gaussian or a Beta policy, TRPO measurably learns InvertedPendulum within 30k steps: a random policy
+    balances ~6 steps."""
+    first, last, final_eval = learn_for_30k_steps(
+        tmp_path, "env=inverted_pendulum", f"policy.distribution={distribution}"
+    )
+    assert first < 15
+    assert last > 5 * first
+    assert final_eval > 100
 
 
 @pytest.mark.parametrize("override", ["optimizer=trpoo", "env=halfcheeta", "experiment=colapse"])

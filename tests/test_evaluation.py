@@ -30,7 +30,7 @@ from trpo.evaluation import (
     trained_config,
     uses_mujoco,
 )
-from trpo.networks import make_policy
+from trpo.networks import BetaPolicy, make_policy
 
 TRAIN = [*TINY, "logger.mode=disabled", "sampler.workers=0"]  # eval.episodes=2 at the end of training
 PRINTED = re.compile(r"^EvalEpRet (-?\d+\.\d\d) ± (\d+\.\d\d) over (\d+) episodes?$", re.MULTILINE)
@@ -63,9 +63,9 @@ def assert_one_line_error(result, *fragments: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory) -> dict[str, Path]:
-    """A CartPole run, a MuJoCo run whose episodes are at most 10 steps (quick to film), and one whose env was made
-    with env.kwargs (HalfCheetah-v5 observing its x position too: 18 numbers) and normalised observations, trained
-    side by side."""
+    """A CartPole run, a MuJoCo run whose episodes are at most 10 steps (quick to film), one whose env was made
+    with env.kwargs (HalfCheetah-v5 observing its x position too: 18 numbers) and normalised observations, and a
+    Beta policy on Pendulum (actions in [-2, 2]), trained side by side."""
     root = tmp_path_factory.mktemp("trained")
     jobs = {
         "cartpole": ["env=cartpole"],
@@ -76,6 +76,7 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
             "+env.kwargs.exclude_current_positions_from_observation=false",
             "sampler.normalize_obs=true",
         ],
+        "beta": ["env=pendulum", "env.max_ep_len=50", "policy.distribution=beta"],
     }
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(train, root / name, *overrides) for name, overrides in jobs.items()}
@@ -248,9 +249,15 @@ def test_load_trained_policy_plays_the_runs_final_evaluation_again(trained_runs:
     """A hand-written episode loop with the loaded policy (its env made with the run's kwargs, its observations
     through the run's frozen normaliser, its actions clipped) scores each run's final EvalEpRet again, from the run
     dir or its checkpoint file; a batch of observations gives a batch of actions inside the bounds."""
-    for name, path in (("cheetah", trained_runs["cheetah"]), ("cartpole", trained_runs["cartpole"] / "checkpoint.pt")):
+    runs = (
+        ("cheetah", trained_runs["cheetah"]),
+        ("cartpole", trained_runs["cartpole"] / "checkpoint.pt"),
+        ("beta", trained_runs["beta"]),
+    )
+    for name, path in runs:
         trained = load_trained_policy(path)
         assert trained.epoch == 2 and (trained.obs_filter is not None) == (name == "cheetah")
+        assert isinstance(trained.policy, BetaPolicy) == (name == "beta")
         env = make_env(trained.env_id, trained.max_ep_len, make_kwargs=trained.make_kwargs)
         returns = []
         for i in range(2):  # TRAIN's eval.episodes, seeded as the Runner seeds them (seed 0)

@@ -17,7 +17,8 @@ from torch.func import functional_call
 
 import trpo.updates
 from trpo.buffer import Batch
-from trpo.networks import CategoricalPolicy, GaussianPolicy, ValueFunction, make_policy
+from trpo.config import ConfigError
+from trpo.networks import BetaPolicy, CategoricalPolicy, GaussianPolicy, ValueFunction, make_policy
 from trpo.trust_region import (
     backtracking_line_search,
     conjugate_gradient,
@@ -36,6 +37,7 @@ ACTION_SPACES = {
     "gaussian": gym.spaces.Box(-1.0, 1.0, (2,)),
     "bounded_gaussian": gym.spaces.Box(np.float32([-1.0, 0.0]), np.float32([3.0, 0.5])),  # policy.bounded_mean=true
     "categorical": gym.spaces.Discrete(3),
+    "beta": gym.spaces.Box(np.float32([-1.0, 0.0]), np.float32([3.0, 0.5])),  # policy.distribution=beta
 }
 
 
@@ -54,14 +56,26 @@ def small_policy(kind: str, seed: int = 0, activation: str = "tanh", hidden_size
     torch.manual_seed(seed)
     observation_space = gym.spaces.Box(-1.0, 1.0, (OBS_DIM,))
     bounded = kind == "bounded_gaussian"
+    distribution = "beta" if kind == "beta" else "gaussian"
     policy = make_policy(
-        observation_space, ACTION_SPACES[kind], list(hidden_sizes), activation, -0.5, bounded_mean=bounded
+        observation_space,
+        ACTION_SPACES[kind],
+        list(hidden_sizes),
+        activation,
+        -0.5,
+        bounded_mean=bounded,
+        distribution=distribution,
     ).double()
-    expected_type = CategoricalPolicy if kind == "categorical" else GaussianPolicy
+    expected_type = {"categorical": CategoricalPolicy, "beta": BetaPolicy}.get(kind, GaussianPolicy)
     assert isinstance(policy, expected_type)
-    if bounded:  # out of the near-zero start, so the mean's tanh is curved where the tests look
+    # Out of the near-zero start, so the mean's tanh and the softplus of the concentrations are curved, and the
+    # Betas differ between states and dimensions, where the tests look.
+    if bounded:
         with torch.no_grad():
             policy.mean_net[-2].weight.mul_(300.0)
+    if kind == "beta":
+        with torch.no_grad():
+            policy.concentration_net[-1].weight.mul_(10.0)
     return policy
 
 
@@ -73,10 +87,27 @@ def random_spd(dim: int, seed: int) -> torch.Tensor:
 
 
 def closed_form_kl(old, new) -> torch.Tensor:
-    """Mean over the batch of KL(old || new), written out by hand for diagonal Gaussians and categoricals."""
+    """Mean over the batch of KL(old || new), written out by hand for diagonal Gaussians, categoricals and Betas
+    (a Beta stretched to the box has the KL of the Betas on [0, 1])."""
     if isinstance(old, torch.distributions.Categorical):
         log_p, log_q = old.logits, new.logits  # both normalised log-probabilities
         return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    if isinstance(old.base_dist, torch.distributions.TransformedDistribution):
+        (a_p, b_p), (a_q, b_q) = (
+            (d.base_dist.base_dist.concentration1, d.base_dist.base_dist.concentration0) for d in (old, new)
+        )
+
+        def log_beta_function(a, b):
+            return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+
+        per_dim = (
+            log_beta_function(a_q, b_q)
+            - log_beta_function(a_p, b_p)
+            + (a_p - a_q) * torch.digamma(a_p)
+            + (b_p - b_q) * torch.digamma(b_p)
+            + (a_q - a_p + b_q - b_p) * torch.digamma(a_p + b_p)
+        )
+        return per_dim.sum(-1).mean()
     mu_p, sigma_p, mu_q, sigma_q = old.mean, old.stddev, new.mean, new.stddev
     per_dim = torch.log(sigma_q / sigma_p) + (sigma_p**2 + (mu_p - mu_q) ** 2) / (2 * sigma_q**2) - 0.5
     return per_dim.sum(-1).mean()
@@ -217,7 +248,7 @@ def test_conjugate_gradient_stops_early_at_residual_tol():
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
-@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical", "beta"])
 def test_fisher_vector_product_matches_explicit_hessian(kind, activation):
     """fisher_vector_product(v), the Gauss-Newton form J^T M J v with a hand-written J v through two hidden layers,
     equals (explicit Hessian of the mean KL at theta_old + damping I) @ v."""
@@ -238,7 +269,7 @@ def test_fisher_vector_product_matches_explicit_hessian(kind, activation):
             assert torch.allclose(actual, expected, rtol=1e-9, atol=1e-11), (actual - expected).abs().max()
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical", "beta"])
 def test_the_linearisation_outputs_give_the_policy_distribution(kind):
     """The policy step takes its surrogate from the linearisation's forward pass: distribution_of(outputs) must be
     the policy's distribution, values and gradients alike."""
@@ -275,10 +306,49 @@ def test_bounded_mean_stays_inside_the_action_box_however_far_the_network_points
     assert means["gaussian"].abs().max() > 10
 
 
+
+def test_beta_policy_acts_inside_the_box_with_the_stretched_betas_probabilities():
+    """policy.distribution=beta: a = low + (high - low) x with x ~ Beta(alpha, beta). Samples stay inside [low, high]
+    (off its edges, so every log-probability is finite), the deterministic action is the stretched Beta's mean, and
+    the log-probability of a is the Beta's at x less log(high - low), summed over dimensions."""
+    policy = small_policy("beta")
+    box = ACTION_SPACES["beta"]
+    low, high = (torch.as_tensor(bound, dtype=torch.float64) for bound in (box.low, box.high))
+    obs = 3 * torch.randn(256, OBS_DIM, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        actions = policy.sample(obs)
+        distribution = policy.distribution(obs)
+        log_probs = distribution.log_prob(actions)
+        alpha, beta = policy.linearize(obs)[0]
+        unit = torch.distributions.Beta(alpha, beta)
+        torch.testing.assert_close(policy.deterministic_action(obs), low + (high - low) * unit.mean)
+    assert ((actions > low) & (actions < high)).all()
+    assert torch.isfinite(log_probs).all()
+    expected = (unit.log_prob((actions - low) / (high - low)) - torch.log(high - low)).sum(-1)
+    torch.testing.assert_close(log_probs, expected)
+    # The Betas differ between states, and both ends of the box are reached by some samples.
+    assert alpha.std() > 0.1 and beta.std() > 0.1
+    torch.testing.assert_close(actions.min(0).values, low, atol=0.05 * (high - low).max().item(), rtol=0)
+    torch.testing.assert_close(actions.max(0).values, high, atol=0.05 * (high - low).max().item(), rtol=0)
+
+
+@pytest.mark.parametrize(
+    "space, options, message",
+    [
+        (gym.spaces.Discrete(3), {"distribution": "beta"}, "needs Box actions"),
+        (gym.spaces.Box(-np.inf, np.inf, (2,)), {"distribution": "beta"}, "infinite bounds"),
+        (ACTION_SPACES["beta"], {"distribution": "beta", "bounded_mean": True}, "bounded_mean=True is not allowed"),
+    ],
+)
+def test_beta_policy_refuses_what_it_cannot_be(space, options, message):
+    with pytest.raises(ConfigError, match=message):
+        make_policy(gym.spaces.Box(-1.0, 1.0, (OBS_DIM,)), space, [5], "tanh", -0.5, **options)
+
 # --- max_step -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical", "beta"])
 def test_max_step_meets_quadratic_kl_model_exactly(kind):
     """For s = max_step(x, Hx, delta) with H the damped KL Hessian, 0.5 s^T H s == delta (H explicit, 1e-6 rel)."""
     policy = small_policy(kind, seed=1)
@@ -311,7 +381,7 @@ def test_max_step_is_the_natural_gradient_step_where_that_lies_inside_the_trust_
     assert torch.equal(max_step(x, hessian @ x, delta, max_multiplier=4 * boundary), max_step(x, hessian @ x, delta))
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "categorical", "beta"])
 def test_natural_lr_sizes_the_step_by_the_advantages_as_estimated(kind):
     """With normalised advantages, g (and TRPO's step) is the same whatever the advantages' scale c. natural_lr
     eta caps the step at eta * c * x: advantages 10x smaller move the policy exactly 10x less (StepScale < 1),
@@ -335,7 +405,7 @@ def test_natural_lr_sizes_the_step_by_the_advantages_as_estimated(kind):
     assert scales[1e3, 1.0] == pytest.approx(1.0, rel=1e-9) and scales[1e3, None] == pytest.approx(1.0, rel=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "categorical", "beta"])
 def test_trpo_step_does_not_depend_on_the_gradients_size(kind):
     """Scaling every advantage by c scales g by c, and the step sqrt(2 delta / g^T H^-1 g) H^-1 g not at all: TRPO
     moves the policy as far when the batch carries only noise as when it carries signal (docs/trpo.md, 2.2). Equal
@@ -364,6 +434,8 @@ def test_trpo_step_does_not_depend_on_the_gradients_size(kind):
         ("categorical", 0.01, False),
         ("gaussian", 0.1, False),
         ("categorical", 0.1, False),
+        ("beta", 0.01, False),
+        ("beta", 0.1, False),
         # Deltas so large that the quadratic model is wrong for some seeds: the line search has to shrink the step.
         # A categorical policy's KL grows slowly far out, so it needs a much larger delta than the Gaussian.
         ("gaussian", 2.0, True),
@@ -456,7 +528,7 @@ def test_line_search_failure_returns_old_params(outcome, backtrack_iters):
     assert len([p for p in tried if not torch.equal(p, params_old)]) == backtrack_iters
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "categorical", "beta"])
 def test_policy_step_failed_search_restores_policy_bit_for_bit(kind, monkeypatch):
     """A policy_step whose line search accepts nothing leaves every policy parameter bit-for-bit unchanged."""
     # Every KL is reported 1.0 above the truth, so nothing is accepted; the candidates are still written into the
@@ -509,7 +581,7 @@ def test_surrogate_advantage_weights_by_probability_ratio():
     assert surrogate_advantage(logp, logp_old, advantages).item() == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "categorical", "beta"])
 def test_mean_kl_is_zero_for_identical_distributions(kind):
     """KL(pi || pi) = 0 for the policy's own distributions."""
     policy = small_policy(kind)
@@ -533,7 +605,7 @@ def test_mean_kl_matches_closed_form_diagonal_gaussian():
     assert mean_kl(new, old).item() != pytest.approx(expected, rel=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", ["gaussian", "categorical", "beta"])
 def test_linear_delta_schedule_scales_the_natural_step_by_the_root_of_what_is_left(kind):
     """With delta_schedule=linear, a run 75% done steps with delta / 4: the full step sqrt(2 delta / x^T H x) x
     is then exactly half the constant schedule's (NPG takes it whole), and at the end (progress 1) nothing moves."""

@@ -58,6 +58,7 @@ class PolicyConfig:
     init_log_std: float = -0.5
     ortho_init: bool = False
     bounded_mean: bool = False
+    distribution: str = field(default="gaussian", metadata=one_of("gaussian", "beta"))
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Policy and value networks.
 
 A policy maps a batch of observations to a ``torch.distributions`` distribution over actions:
-:class:`GaussianPolicy` (diagonal Gaussian, state-independent log-std) for continuous actions,
-:class:`CategoricalPolicy` for discrete ones. Log-probabilities and KL divergences come from the
-distribution objects, so the update rules never need to know which one they hold.
+:class:`GaussianPolicy` (diagonal Gaussian, state-independent log-std) or :class:`BetaPolicy` (a Beta per
+action dimension, stretched to the action box) for continuous actions, :class:`CategoricalPolicy` for discrete
+ones. Log-probabilities and KL divergences come from the distribution objects, so the update rules never need to
+know which one they hold.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Categorical, Distribution, Independent, Normal
+from torch.distributions import Beta, Categorical, Distribution, Independent, Normal, TransformedDistribution
+from torch.distributions.transforms import AffineTransform
+
+from trpo.config import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 # Each activation's derivative, written in terms of its output y (what a forward pass keeps).
@@ -183,6 +187,83 @@ class GaussianPolicy(Policy):
         return d_mean * torch.exp(-2 * log_std.detach()) / len(mean), 2 * d_log_std
 
 
+class BetaPolicy(Policy):
+    r"""Per action dimension, :math:`a = \text{low} + (\text{high} - \text{low})\,x` with
+    :math:`x \sim \operatorname{Beta}(\alpha_\theta(s), \beta_\theta(s))` on [0, 1] (Chou et al., 2017).
+
+    :math:`\alpha, \beta = 1 + \operatorname{softplus}(f_\theta(s))`, so each Beta is unimodal. Every action lies
+    inside the box, where a Gaussian's clipped samples all act alike once its mean leaves the box, and the spread is
+    state-dependent. The stretch to the box does not change KL divergences or probability ratios.
+    """
+
+    # Keeps a sample off 0 and 1, where float32 rounding of Beta's sampler would give log-probabilities of -inf.
+    EDGE = 1e-6
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        action_bounds: tuple[np.ndarray, np.ndarray],
+        ortho_init: bool = False,
+    ):
+        super().__init__()
+        low, high = (torch.as_tensor(np.asarray(bound, dtype=np.float32)) for bound in action_bounds)
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ConfigError("policy.distribution='beta' is not allowed: the action space has infinite bounds")
+        # With ortho_init, the small output gain starts every dimension near Beta(1.69, 1.69): centred, with a std
+        # of 0.24 of the box.
+        self.concentration_net = mlp([obs_dim, *hidden_sizes, 2 * act_dim], activation, ortho_init, output_gain=0.01)
+        self.register_buffer("action_low", low, persistent=False)
+        self.register_buffer("action_width", high - low, persistent=False)
+
+    @staticmethod
+    def _concentrations(net_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha, beta = (1 + nn.functional.softplus(net_out)).chunk(2, dim=-1)
+        return alpha, beta
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        return self.distribution_of(self._concentrations(self.concentration_net(obs)))
+
+    def distribution_of(self, outputs: Sequence[torch.Tensor]) -> Distribution:
+        alpha, beta = outputs
+        unit = Beta(alpha, beta, validate_args=False)
+        stretched = TransformedDistribution(
+            unit, AffineTransform(self.action_low, self.action_width), validate_args=False
+        )
+        return Independent(stretched, 1, validate_args=False)
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        alpha, beta = self._concentrations(self.concentration_net(obs))
+        unit = Beta(alpha, beta, validate_args=False).sample().clamp(self.EDGE, 1 - self.EDGE)
+        return self.action_low + self.action_width * unit
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        alpha, beta = self._concentrations(self.concentration_net(obs))
+        return self.action_low + self.action_width * alpha / (alpha + beta)
+
+    def linearize(self, obs: torch.Tensor) -> Linearization:
+        net_out, net_jvp = linearize_mlp(self.concentration_net, obs)
+        softplus_slope = torch.sigmoid(net_out.detach())
+
+        def jvp(directions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            return tuple((softplus_slope * net_jvp(directions)).chunk(2, dim=-1))
+
+        return self._concentrations(net_out), jvp
+
+    def fisher_metric(self, outputs, tangents):
+        # KL's curvature in (alpha, beta), per state and action dimension, is the Beta's Fisher information, with
+        # psi1 the trigamma function: [[psi1(alpha) - psi1(alpha + beta), -psi1(alpha + beta)],
+        #                              [-psi1(alpha + beta), psi1(beta) - psi1(alpha + beta)]].
+        (alpha, beta), (d_alpha, d_beta) = tuple(y.detach() for y in outputs), tangents
+        shared = torch.polygamma(1, alpha + beta)
+        return (
+            ((torch.polygamma(1, alpha) - shared) * d_alpha - shared * d_beta) / len(alpha),
+            ((torch.polygamma(1, beta) - shared) * d_beta - shared * d_alpha) / len(alpha),
+        )
+
+
 class CategoricalPolicy(Policy):
     r""":math:`\pi_\theta(a|s) = \operatorname{softmax}(f_\theta(s))_a` over a discrete action set."""
 
@@ -232,14 +313,25 @@ def make_policy(
     init_log_std: float,
     ortho_init: bool = False,
     bounded_mean: bool = False,
+    distribution: str = "gaussian",
 ) -> Policy:
-    """The policy that fits ``action_space``: Gaussian for ``Box`` (its mean kept inside the box if
-    ``bounded_mean``), Categorical for ``Discrete``."""
+    """The policy that fits ``action_space``: for ``Box``, Gaussian (its mean kept inside the box if
+    ``bounded_mean``) or, with ``distribution="beta"``, Beta; Categorical for ``Discrete``."""
     obs_dim = int(np.prod(observation_space.shape))
     if isinstance(action_space, gym.spaces.Box):
         act_dim = int(np.prod(action_space.shape))
-        bounds = (action_space.low.ravel(), action_space.high.ravel()) if bounded_mean else None
+        box = (action_space.low.ravel(), action_space.high.ravel())
+        if distribution == "beta":
+            if bounded_mean:
+                raise ConfigError(
+                    "policy.bounded_mean=True is not allowed with policy.distribution='beta': its actions are always "
+                    "inside the box"
+                )
+            return BetaPolicy(obs_dim, act_dim, hidden_sizes, activation, box, ortho_init)
+        bounds = box if bounded_mean else None
         return GaussianPolicy(obs_dim, act_dim, hidden_sizes, activation, init_log_std, ortho_init, bounds)
     if isinstance(action_space, gym.spaces.Discrete):
+        if distribution == "beta":
+            raise ConfigError("policy.distribution='beta' is not allowed: it needs Box actions, not Discrete")
         return CategoricalPolicy(obs_dim, int(action_space.n), hidden_sizes, activation, ortho_init)
     raise TypeError(f"unsupported action space {action_space}")
