@@ -306,7 +306,6 @@ def test_bounded_mean_stays_inside_the_action_box_however_far_the_network_points
     assert means["gaussian"].abs().max() > 10
 
 
-
 def test_beta_policy_acts_inside_the_box_with_the_stretched_betas_probabilities():
     """policy.distribution=beta: a = low + (high - low) x with x ~ Beta(alpha, beta). Samples stay inside [low, high]
     (off its edges, so every log-probability is finite), the deterministic action is the stretched Beta's mean, and
@@ -327,10 +326,10 @@ def test_beta_policy_acts_inside_the_box_with_the_stretched_betas_probabilities(
     assert torch.isfinite(log_probs).all()
     expected = (unit.log_prob((actions - low) / (high - low)) - torch.log(high - low)).sum(-1)
     torch.testing.assert_close(log_probs, expected)
-    # The Betas differ between states, and both ends of the box are reached by some samples.
+    # The Betas differ between states, and some samples come within 5% of the box's width of each end.
     assert alpha.std() > 0.1 and beta.std() > 0.1
-    torch.testing.assert_close(actions.min(0).values, low, atol=0.05 * (high - low).max().item(), rtol=0)
-    torch.testing.assert_close(actions.max(0).values, high, atol=0.05 * (high - low).max().item(), rtol=0)
+    assert (actions.min(0).values - low < 0.05 * (high - low)).all()
+    assert (high - actions.max(0).values < 0.05 * (high - low)).all()
 
 
 @pytest.mark.parametrize(
@@ -344,6 +343,7 @@ def test_beta_policy_acts_inside_the_box_with_the_stretched_betas_probabilities(
 def test_beta_policy_refuses_what_it_cannot_be(space, options, message):
     with pytest.raises(ConfigError, match=message):
         make_policy(gym.spaces.Box(-1.0, 1.0, (OBS_DIM,)), space, [5], "tanh", -0.5, **options)
+
 
 # --- max_step -----------------------------------------------------------------------------------------------------
 
