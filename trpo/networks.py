@@ -86,6 +86,14 @@ def linearize_mlp(net: nn.Sequential, obs: torch.Tensor) -> tuple[torch.Tensor, 
     return x, jvp
 
 
+def finite_box(action_bounds: tuple[np.ndarray, np.ndarray], refusal: Exception) -> tuple[torch.Tensor, torch.Tensor]:
+    """The action box's ``(low, high)`` as float32 tensors; raises ``refusal`` if a bound is infinite."""
+    low, high = (torch.as_tensor(np.asarray(bound, dtype=np.float32)) for bound in action_bounds)
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise refusal
+    return low, high
+
+
 class Policy(nn.Module):
     """A stochastic policy :math:`\\pi_\\theta(a|s)`."""
 
@@ -137,9 +145,8 @@ class GaussianPolicy(Policy):
         if self.bounded:
             # mu = center + half_range * tanh(net): with clipped actions, a mean far outside the box gives every
             # sample the same action, so the advantages hold no signal that could bring the mean back.
-            low, high = (torch.as_tensor(np.asarray(bound, dtype=np.float32)) for bound in action_bounds)
-            if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-                raise ValueError("policy.bounded_mean needs an action space with finite bounds")
+            refusal = ValueError("policy.bounded_mean needs an action space with finite bounds")
+            low, high = finite_box(action_bounds, refusal)
             self.mean_net.append(nn.Tanh())
             self.register_buffer("action_center", (high + low) / 2, persistent=False)
             self.register_buffer("action_half_range", (high - low) / 2, persistent=False)
@@ -209,9 +216,8 @@ class BetaPolicy(Policy):
         ortho_init: bool = False,
     ):
         super().__init__()
-        low, high = (torch.as_tensor(np.asarray(bound, dtype=np.float32)) for bound in action_bounds)
-        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-            raise ConfigError("policy.distribution='beta' is not allowed: the action space has infinite bounds")
+        refusal = ConfigError("policy.distribution='beta' is not allowed: the action space has infinite bounds")
+        low, high = finite_box(action_bounds, refusal)
         # With ortho_init, the small output gain starts every dimension near Beta(1.69, 1.69): centred, with a std
         # of 0.24 of the box.
         self.concentration_net = mlp([obs_dim, *hidden_sizes, 2 * act_dim], activation, ortho_init, output_gain=0.01)
