@@ -24,8 +24,9 @@ OPTIMIZER_FILES = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.
 EXPERIMENT_FILES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 # Task preset -> what it changes in the general preset ``experiment=mujoco env=<task>`` (its file says why).
 TASK_PRESET_CHANGES = {
-    "halfcheetah": {"optimizer.gamma": 0.995, "optimizer.vf_minibatches": 16, "optimizer.natural_lr": None},
+    "halfcheetah": {},
     "hopper": {
+        "policy.distribution": "gaussian",
         "policy.init_log_std": 0.0,
         "optimizer.gamma": 0.995,
         "optimizer.vf_minibatches": 16,
@@ -34,11 +35,12 @@ TASK_PRESET_CHANGES = {
         "optimizer.natural_lr": None,
     },
     "walker2d": {
+        "policy.distribution": "gaussian",
         "optimizer.lam": 0.97,
         "optimizer.vf_minibatches": 1,
         "optimizer.natural_lr": None,
     },
-    "swimmer": {"optimizer.gamma": 0.995, "optimizer.vf_minibatches": 16},
+    "swimmer": {"policy.distribution": "gaussian", "optimizer.gamma": 0.995, "optimizer.vf_minibatches": 16},
 }
 
 
