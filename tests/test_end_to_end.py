@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from tests.conftest import TINY, compose_config, inspect_wandb, launch, wandb_runs
@@ -117,6 +118,16 @@ def test_trpo_learns_inverted_pendulum_with_either_box_policy(tmp_path: Path, di
     assert first < 15
     assert last > 5 * first
     assert final_eval > 100
+
+
+def test_a_scheduled_log_std_is_set_before_each_epochs_sampling(tmp_path: Path) -> None:
+    """policy.final_log_std=-1.5 over 4 epochs: epoch e samples with log-std -0.5 - e/4, so the last (e = 3), whose
+    policy the checkpoint keeps, -1.25; every step stays inside the trust region."""
+    cfg = compose_config(["env=pendulum", "logger.mode=disabled", *TINY, "epochs=4", "policy.final_log_std=-1.5"])
+    Runner(cfg, RunIdentity(tmp_path)).run()
+    log_std = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["policy"]["log_std"]
+    assert log_std.tolist() == pytest.approx([-1.25])
+    assert all(0 < float(row["KL"]) <= cfg.optimizer.delta for row in read_progress(tmp_path))
 
 
 @pytest.mark.parametrize("override", ["optimizer=trpoo", "env=halfcheeta", "experiment=colapse"])

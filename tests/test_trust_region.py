@@ -38,6 +38,7 @@ ACTION_SPACES = {
     "bounded_gaussian": gym.spaces.Box(np.float32([-1.0, 0.0]), np.float32([3.0, 0.5])),  # policy.bounded_mean=true
     "categorical": gym.spaces.Discrete(3),
     "beta": gym.spaces.Box(np.float32([-1.0, 0.0]), np.float32([3.0, 0.5])),  # policy.distribution=beta
+    "scheduled_gaussian": gym.spaces.Box(-1.0, 1.0, (2,)),  # policy.final_log_std=-1.5
 }
 
 
@@ -65,6 +66,7 @@ def small_policy(kind: str, seed: int = 0, activation: str = "tanh", hidden_size
         -0.5,
         bounded_mean=bounded,
         distribution=distribution,
+        final_log_std=-1.5 if kind == "scheduled_gaussian" else None,
     ).double()
     expected_type = {"categorical": CategoricalPolicy, "beta": BetaPolicy}.get(kind, GaussianPolicy)
     assert isinstance(policy, expected_type)
@@ -248,7 +250,7 @@ def test_conjugate_gradient_stops_early_at_residual_tol():
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
-@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical", "beta"])
+@pytest.mark.parametrize("kind", ["gaussian", "bounded_gaussian", "categorical", "beta", "scheduled_gaussian"])
 def test_fisher_vector_product_matches_explicit_hessian(kind, activation):
     """fisher_vector_product(v), the Gauss-Newton form J^T M J v with a hand-written J v through two hidden layers,
     equals (explicit Hessian of the mean KL at theta_old + damping I) @ v."""
@@ -345,6 +347,44 @@ def test_beta_policy_refuses_what_it_cannot_be(space, options, message):
         make_policy(gym.spaces.Box(-1.0, 1.0, (OBS_DIM,)), space, [5], "tanh", -0.5, **options)
 
 
+def test_scheduled_log_std_follows_its_schedule_and_the_step_moves_only_the_mean():
+    """policy.final_log_std: log sigma = init + (final - init) * progress (here -0.5 to -1.5), saved with the policy
+    but not a parameter, so a TRPO step changes the mean network, leaves log sigma, and still keeps KL <= delta. A
+    learned log-std is a parameter that anneal() leaves alone."""
+    policy = small_policy("scheduled_gaussian")
+    assert "log_std" not in dict(policy.named_parameters()) and "log_std" in policy.state_dict()
+    for progress, expected in ((0.0, -0.5), (0.25, -0.75), (1.0, -1.5), (0.5, -1.0)):
+        policy.anneal(progress)
+        assert policy.log_std.tolist() == pytest.approx([expected] * 2, abs=1e-12)
+    batch = random_batch(policy, seed=3)
+    with torch.no_grad():
+        old = policy.distribution(batch.obs)
+    mean_before = flat_params(list(policy.parameters()))
+    stats = make_trpo(policy, delta=0.01).policy_step(batch)
+    assert (flat_params(list(policy.parameters())) - mean_before).norm() > 0
+    assert policy.log_std.tolist() == pytest.approx([-1.0, -1.0], abs=1e-12)
+    with torch.no_grad():
+        assert 0.0 < closed_form_kl(old, policy.distribution(batch.obs)).item() <= 0.01
+    assert stats["BacktrackIters"] < 10
+
+    learned = small_policy("gaussian")
+    learned.anneal(1.0)
+    assert "log_std" in dict(learned.named_parameters())
+    assert learned.log_std.tolist() == pytest.approx([-0.5, -0.5])
+
+
+@pytest.mark.parametrize(
+    "space, distribution",
+    [(gym.spaces.Discrete(3), "gaussian"), (ACTION_SPACES["beta"], "beta")],
+)
+def test_a_log_std_schedule_is_refused_where_there_is_no_gaussian(space, distribution):
+    with pytest.raises(ConfigError, match="final_log_std needs a Gaussian policy"):
+        make_policy(
+            gym.spaces.Box(-1.0, 1.0, (OBS_DIM,)), space, [5], "tanh", -0.5, distribution=distribution,
+            final_log_std=-1.0,
+        )
+
+
 # --- max_step -----------------------------------------------------------------------------------------------------
 
 
@@ -436,6 +476,7 @@ def test_trpo_step_does_not_depend_on_the_gradients_size(kind):
         ("categorical", 0.1, False),
         ("beta", 0.01, False),
         ("beta", 0.1, False),
+        ("scheduled_gaussian", 0.01, False),
         # Deltas so large that the quadratic model is wrong for some seeds: the line search has to shrink the step.
         # A categorical policy's KL grows slowly far out, so it needs a much larger delta than the Gaussian.
         ("gaussian", 2.0, True),

@@ -59,6 +59,7 @@ class PolicyConfig:
     ortho_init: bool = False
     bounded_mean: bool = False
     distribution: str = field(default="gaussian", metadata=one_of("gaussian", "beta"))
+    final_log_std: float | None = None
 
 
 @dataclass

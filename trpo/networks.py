@@ -118,6 +118,9 @@ class Policy(nn.Module):
         """The distribution's parameters at ``obs`` and their Jacobian-vector map (see :func:`linearize_mlp`)."""
         raise NotImplementedError
 
+    def anneal(self, progress: float) -> None:
+        """Set what follows a schedule for a run that is ``progress`` (0 to 1) done; nothing by default."""
+
     def fisher_metric(self, outputs: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor]) -> tuple:
         r""":math:`M\,dy`: the Hessian of the batch's mean KL(old || new) with respect to the distribution's
         parameters ``outputs``, at new = old, applied to ``tangents``."""
@@ -126,7 +129,10 @@ class Policy(nn.Module):
 
 class GaussianPolicy(Policy):
     r""":math:`\pi_\theta(a|s) = \mathcal{N}(\mu_\theta(s), \operatorname{diag}(\sigma^2))` with
-    :math:`\log\sigma` a learned vector that does not depend on the state."""
+    :math:`\log\sigma` a vector that does not depend on the state: learned, or with ``final_log_std`` set by a
+    schedule, from ``init_log_std`` at the start of the run linearly to ``final_log_std`` at its end (see
+    :meth:`anneal`). A scheduled :math:`\log\sigma` is not a parameter, so the trust-region step moves only the mean
+    and the whole KL budget goes to it."""
 
     def __init__(
         self,
@@ -137,6 +143,7 @@ class GaussianPolicy(Policy):
         init_log_std: float,
         ortho_init: bool = False,
         action_bounds: tuple[np.ndarray, np.ndarray] | None = None,
+        final_log_std: float | None = None,
     ):
         super().__init__()
         # A small output gain starts the policy near a zero mean, so early actions are set by the log-std.
@@ -150,7 +157,20 @@ class GaussianPolicy(Policy):
             self.mean_net.append(nn.Tanh())
             self.register_buffer("action_center", (high + low) / 2, persistent=False)
             self.register_buffer("action_half_range", (high - low) / 2, persistent=False)
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+        log_std = torch.full((act_dim,), float(init_log_std))
+        self.log_std_schedule = None if final_log_std is None else (float(init_log_std), float(final_log_std))
+        if self.log_std_schedule is None:
+            self.log_std = nn.Parameter(log_std)
+        else:
+            self.register_buffer("log_std", log_std)
+
+    def anneal(self, progress: float) -> None:
+        r"""With a log-std schedule, set :math:`\log\sigma = \text{init} + (\text{final} - \text{init})\,p` for
+        progress :math:`p`; the Runner calls it before each epoch's sampling, so a batch's old policy is the one
+        that sampled it."""
+        if self.log_std_schedule is not None:
+            initial, final = self.log_std_schedule
+            self.log_std.fill_(initial + (final - initial) * progress)
 
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
         r""":math:`\mu_\theta(s)`, inside the action box when the policy is bounded."""
@@ -183,7 +203,9 @@ class GaussianPolicy(Policy):
             by_name = dict(zip((name for name, _ in self.named_parameters()), directions))
             mean_directions = [by_name[f"mean_net.{name}"] for name, _ in self.mean_net.named_parameters()]
             d_net_out = net_jvp(mean_directions)
-            return (self.action_half_range * d_net_out if self.bounded else d_net_out), by_name["log_std"]
+            # A scheduled log-std is not a parameter: the step has no direction along it.
+            d_log_std = by_name.get("log_std", torch.zeros_like(self.log_std))
+            return (self.action_half_range * d_net_out if self.bounded else d_net_out), d_log_std
 
         return (self._into_box(net_out), self.log_std), jvp
 
@@ -320,9 +342,13 @@ def make_policy(
     ortho_init: bool = False,
     bounded_mean: bool = False,
     distribution: str = "gaussian",
+    final_log_std: float | None = None,
 ) -> Policy:
     """The policy that fits ``action_space``: for ``Box``, Gaussian (its mean kept inside the box if
-    ``bounded_mean``) or, with ``distribution="beta"``, Beta; Categorical for ``Discrete``."""
+    ``bounded_mean``, its log-std scheduled down to ``final_log_std`` if that is set) or, with
+    ``distribution="beta"``, Beta; Categorical for ``Discrete``."""
+    if final_log_std is not None and not (isinstance(action_space, gym.spaces.Box) and distribution == "gaussian"):
+        raise ConfigError("policy.final_log_std needs a Gaussian policy (Box actions, policy.distribution='gaussian')")
     obs_dim = int(np.prod(observation_space.shape))
     if isinstance(action_space, gym.spaces.Box):
         act_dim = int(np.prod(action_space.shape))
@@ -335,7 +361,9 @@ def make_policy(
                 )
             return BetaPolicy(obs_dim, act_dim, hidden_sizes, activation, box, ortho_init)
         bounds = box if bounded_mean else None
-        return GaussianPolicy(obs_dim, act_dim, hidden_sizes, activation, init_log_std, ortho_init, bounds)
+        return GaussianPolicy(
+            obs_dim, act_dim, hidden_sizes, activation, init_log_std, ortho_init, bounds, final_log_std
+        )
     if isinstance(action_space, gym.spaces.Discrete):
         if distribution == "beta":
             raise ConfigError("policy.distribution='beta' is not allowed: it needs Box actions, not Discrete")

@@ -175,6 +175,7 @@ class Runner:
             waiting: tuple[dict, dict | None] | None = None
             for epoch in range(start_epoch, cfg.epochs):
                 epoch_start = time.perf_counter()
+                policy.anneal(epoch / cfg.epochs)
                 episodes = sampler.collect(buffer)
                 if waiting is not None:
                     complete(*waiting)

@@ -100,7 +100,9 @@ def fisher_vector_product(
     def product(v: torch.Tensor) -> torch.Tensor:
         directions = [piece.view_as(p) for piece, p in zip(torch.split(v, [p.numel() for p in params]), params)]
         weighted = metric(detached, jvp(directions))
-        grads = torch.autograd.grad(outputs, params, grad_outputs=weighted, retain_graph=True)
+        # An output no parameter moves (a scheduled log-std) has no graph to pull back through.
+        moved, moved_weights = zip(*((y, w) for y, w in zip(outputs, weighted) if y.requires_grad))
+        grads = torch.autograd.grad(moved, params, grad_outputs=moved_weights, retain_graph=True)
         return torch.cat([g.reshape(-1) for g in grads]) + damping_coeff * v
 
     return product
