@@ -76,12 +76,14 @@ def test_sweep_gives_one_wandb_group_and_named_runs(tmp_path: Path) -> None:
         ("optimizer.natural_lr=0", "optimizer.natural_lr"),
         ("env.id=NoSuchEnv-v0", "env.id"),
         ("policy.distribution=laplace", "policy.distribution"),
+        ("policy.final_log_std=abc", "policy.final_log_std"),
+        ("env=cartpole policy.final_log_std=-1.0", "policy.final_log_std"),  # no Gaussian to schedule
     ],
 )
 def test_bad_value_is_refused_with_one_line(tmp_path: Path, override: str, key: str) -> None:
-    """A bad value exits non-zero with one line naming the key, no traceback, and no W&B run."""
+    """A bad value (or pair of values) exits non-zero with one line naming the key, no traceback, and no W&B run."""
     run_dir = tmp_path / "run"
-    result = launch([override, f"hydra.run.dir={run_dir}"])
+    result = launch([*override.split(), f"hydra.run.dir={run_dir}"])
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
