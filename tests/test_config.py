@@ -36,6 +36,7 @@ TASK_PRESET_CHANGES = {
     },
     "walker2d": {
         "policy.distribution": "gaussian",
+        "policy.final_log_std": -1.0,
         "optimizer.lam": 0.97,
         "optimizer.vf_minibatches": 1,
         "optimizer.natural_lr": None,
