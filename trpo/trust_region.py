@@ -96,13 +96,14 @@ def fisher_vector_product(
     keeps the system well conditioned where the sampled :math:`H` is near singular.
     """
     detached = [y.detach() for y in outputs]
+    # An output no parameter moves (a scheduled log-std) has no graph to pull back through.
+    moved = [y.requires_grad for y in outputs]
+    moved_outputs = [y for y, keep in zip(outputs, moved) if keep]
 
     def product(v: torch.Tensor) -> torch.Tensor:
         directions = [piece.view_as(p) for piece, p in zip(torch.split(v, [p.numel() for p in params]), params)]
-        weighted = metric(detached, jvp(directions))
-        # An output no parameter moves (a scheduled log-std) has no graph to pull back through.
-        moved, moved_weights = zip(*((y, w) for y, w in zip(outputs, weighted) if y.requires_grad))
-        grads = torch.autograd.grad(moved, params, grad_outputs=moved_weights, retain_graph=True)
+        weighted = [w for w, keep in zip(metric(detached, jvp(directions)), moved) if keep]
+        grads = torch.autograd.grad(moved_outputs, params, grad_outputs=weighted, retain_graph=True)
         return torch.cat([g.reshape(-1) for g in grads]) + damping_coeff * v
 
     return product
