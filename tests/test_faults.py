@@ -51,15 +51,16 @@ def snapshot(update_rule) -> tuple:
 # 7. Non-finite numbers ------------------------------------------------------------------------------------------
 
 
-def inject_nan_rewards(monkeypatch, poisoned_step) -> None:
-    """EnvBatch.step returns a NaN reward for env 0 at the lockstep steps where ``poisoned_step(t)`` is true."""
+def inject_nan_rewards(monkeypatch, poisoned_step, field: str = "rewards") -> None:
+    """EnvBatch.step returns NaN in env 0's entry of ``field`` (its reward, or with ``field="obs"`` its
+    observation) at the lockstep steps where ``poisoned_step(t)`` is true."""
     real_step = trpo.envs.EnvBatch.step
     calls = {"n": 0}
 
     def step(self, actions):
         result = real_step(self, actions)
         if poisoned_step(calls["n"]):
-            result.rewards[0] = np.nan
+            getattr(result, field)[0] = np.nan
         calls["n"] += 1
         return result
 
@@ -116,6 +117,24 @@ def test_one_epoch_of_nan_rewards_skips_that_update_only(tmp_path: Path, monkeyp
     assert [r["Epoch"] for r in rows] == ["0", "1", "2", "3"]
     assert [r["SkippedUpdates"] for r in rows] == ["0", "1", "1", "1"]
     assert math.isfinite(float(rows[2]["KL"])) and math.isfinite(float(rows[3]["EvalEpRet"]))
+
+
+def test_one_nan_observation_skips_that_update_and_leaves_the_obs_statistics_finite(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Pendulum's episodes last 200 steps, one epoch of 2 x 200: the NaN action that the NaN observation brings
+    keeps env 0 NaN until its episode ends with epoch 1, and later epochs must train on finite statistics."""
+    inject_nan_rewards(monkeypatch, lambda t: t == STEPS_PER_EPOCH + 50, field="obs")
+    updates = record_updates(monkeypatch)
+    pendulum = ["env=pendulum" if arg == "env=cartpole" else arg for arg in CARTPOLE]
+    cfg = compose_config([*pendulum, "epochs=4", "sampler.normalize_obs=true"])
+    result = Runner(cfg, RunIdentity(tmp_path)).run()
+
+    assert math.isfinite(result)
+    assert [u["stats"] is None for u in updates] == [False, True, False, False]
+    assert [r["SkippedUpdates"] for r in read_rows(tmp_path)] == ["0", "1", "1", "1"]
+    stats = load_checkpoint(tmp_path)["obs_normalizer"]
+    assert np.isfinite(stats["mean"]).all() and np.isfinite(stats["var"]).all()
 
 
 def test_persistent_nan_stops_the_run_with_the_last_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:

@@ -46,7 +46,10 @@ class ObservationNormalizer:
         self.epsilon = epsilon
 
     def update(self, obs: np.ndarray) -> None:
-        self.stats.update(obs)
+        # A non-finite observation (its epoch's update is skipped) stays out of the stats, which would stay NaN.
+        finite_rows = np.isfinite(obs).all(axis=1)
+        if finite_rows.any():
+            self.stats.update(obs[finite_rows])
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         scaled = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
