@@ -1,8 +1,10 @@
-"""The bench's pieces that need no long run: its table, and its Fisher-vector product timing."""
+"""The bench's pieces that need no long run: its table, its update timing and its Fisher-vector product timing."""
 
 from __future__ import annotations
 
-from trpo.bench import SEQUENTIAL, fisher_product_times, format_table
+import pytest
+
+from trpo.bench import SEQUENTIAL, fisher_product_times, format_table, update_time
 
 
 def project(steps_per_s: float) -> dict:
@@ -45,3 +47,10 @@ def test_fisher_product_timing_runs_both_products() -> None:
     times = fisher_product_times(batch_size=64, repeats=2)
     assert set(times) == {"gauss_newton_ms", "double_backprop_ms"}
     assert all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize("rule_name", ["TRPO", "VPG"])
+def test_update_timing_builds_and_steps_each_rule(rule_name: str) -> None:
+    timing = update_time(width=16, batch_size=64, rule_name=rule_name)
+    assert (timing["rule"], timing["width"], timing["batch"]) == (rule_name, 16, 64)
+    assert timing["policy_step_s"] > 0 and timing["value_fit_s"] > 0

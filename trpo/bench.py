@@ -167,7 +167,10 @@ def update_time(width: int, batch_size: int, rule_name: str = "TRPO", obs_dim: i
     value_function = ValueFunction(obs_dim, [width, width], "tanh")
     value_kwargs = dict(gamma=0.99, lam=0.97, vf_lr=1e-3, train_v_iters=80)
     if rule_name == "TRPO":
-        rule = TRPO(policy, value_function, 0.01, 0.1, 10, 10, 0.8, **value_kwargs)
+        rule = TRPO(
+            policy, value_function, backtrack_iters=10, backtrack_coeff=0.8, delta=0.01, damping_coeff=0.1, cg_iters=10,
+            **value_kwargs,
+        )
     else:
         rule = VPG(policy, value_function, pi_lr=3e-4, train_pi_iters=1, **value_kwargs)
     obs = torch.randn(batch_size, obs_dim)
