@@ -350,6 +350,11 @@ def test_resume_with_a_checkpoint_of_another_env_is_refused(tmp_path: Path, cart
         ("+env.kwargs.sutton_barto_reward=true", "env.kwargs"),
         ("sampler.normalize_obs=true", "normalize_obs"),
         ("sampler.normalize_rewards=true", "normalize_rewards"),
+        ("sampler.clip_actions=false", "clip_actions"),
+        ("optimizer.delta=0.02", "optimizer.delta"),
+        ("optimizer.lam=0.9", "optimizer.lam"),
+        ("policy.init_log_std=0.0", "policy.init_log_std"),
+        ("policy.ortho_init=true", "policy.ortho_init"),
     ],
 )
 def test_relaunch_with_another_network_optimizer_or_batch_is_refused(
@@ -361,6 +366,20 @@ def test_relaunch_with_another_network_optimizer_or_batch_is_refused(
     with pytest.raises(CheckpointError, match=key):
         Runner(cfg, RunIdentity(run_dir)).run()
     assert len(read_rows(run_dir)) == 2
+
+
+def test_finished_run_relaunched_with_another_config_is_refused_not_reported(
+    tmp_path: Path, cartpole_run: Path
+) -> None:
+    """A finished run's EvalEpRet is only returned again for the config it was trained with: after a preset
+    change, ``make results`` must not label the old number with the new config."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    same = compose_config([*CARTPOLE, "logger.mode=disabled"])
+    assert Runner(same, RunIdentity(run_dir)).run() == float(read_rows(run_dir)[-1]["EvalEpRet"])
+    changed = compose_config([*CARTPOLE, "optimizer.delta=0.02", "logger.mode=disabled"])
+    with pytest.raises(CheckpointError, match="optimizer.delta=0.01, but this run has optimizer.delta=0.02"):
+        Runner(changed, RunIdentity(run_dir)).run()
 
 
 # 6. Finished runs, extended runs --------------------------------------------------------------------------------

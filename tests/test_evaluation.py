@@ -281,7 +281,7 @@ def test_eval_refuses_a_checkpoint_from_another_env_or_without_config(cartpole_r
     config = other / ".hydra" / "config.yaml"
     config.write_text(config.read_text().replace("CartPole-v1", "Acrobot-v1"))
     cfg = compose_config(["task=eval", f"checkpoint={other}", "logger.mode=disabled"])
-    with pytest.raises(CheckpointError, match="env_id='CartPole-v1'.*env_id='Acrobot-v1'"):
+    with pytest.raises(CheckpointError, match="env.id='CartPole-v1'.*env.id='Acrobot-v1'"):
         evaluate_checkpoint(cfg, tmp_path / "eval")
     shutil.rmtree(other / ".hydra")
     with pytest.raises(CheckpointError, match="config.yaml"):

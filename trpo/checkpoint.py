@@ -45,16 +45,14 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_compatible(
-    checkpoint: dict[str, Any], env_id: str, hidden_sizes: list[int], activation: str, **run_keys: Any
-) -> None:
-    """Refuse a checkpoint trained on another env or with another network shape, or (``run_keys``, config keys
-    by their dotted names) another update rule, batch shape or normalisation. Keys an older checkpoint lacks are
-    not checked."""
+def check_compatible(checkpoint: dict[str, Any], training_keys: dict[str, Any]) -> None:
+    """Refuse a checkpoint trained with other values of ``training_keys`` (config keys by their dotted names: the
+    env, the policy, the update rule, the batch, the normalisation), naming the first key that differs. Keys an
+    older checkpoint lacks are not checked."""
     saved = checkpoint["model"]
-    mine = {"env_id": env_id, "hidden_sizes": list(hidden_sizes), "activation": activation, **run_keys}
-    for key, value in mine.items():
+    for key, value in training_keys.items():
         if key in saved and saved[key] != value:
             raise CheckpointError(
-                f"checkpoint was trained with {key}={saved[key]!r}, but this run has {key}={value!r}"
+                f"checkpoint was trained with {key}={saved[key]!r}, but this run has {key}={value!r} "
+                "(train that config in another run dir)"
             )

@@ -228,6 +228,24 @@ def env_kwargs(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
 
 
+def training_keys(cfg: DictConfig) -> dict:
+    """The config keys, by their dotted names, that a checkpoint can only be continued or evaluated with: the env
+    and its constructor arguments, the whole policy and update rule, how actions are clipped, the shape of the
+    batch, and whether observations and rewards are normalised (the networks were trained on the normalised ones,
+    and the statistics are in the checkpoint or not). ``epochs``, ``eval.*`` and the loggers may change."""
+    return {
+        "env.id": cfg.env.id,
+        "env.kwargs": env_kwargs(cfg),
+        **{f"policy.{key}": value for key, value in OmegaConf.to_container(cfg.policy, resolve=True).items()},
+        **{f"optimizer.{key}": value for key, value in OmegaConf.to_container(cfg.optimizer, resolve=True).items()},
+        "sampler.num_envs": cfg.sampler.num_envs,
+        "sampler.clip_actions": cfg.sampler.clip_actions,
+        "sampler.normalize_obs": cfg.sampler.normalize_obs,
+        "sampler.normalize_rewards": cfg.sampler.normalize_rewards,
+        "steps_per_epoch": cfg.steps_per_epoch,
+    }
+
+
 def check_group_options(args: list[str], conf_dir: Path) -> None:
     """Refuse ``group=option`` command-line overrides whose option has no file under ``conf/group/``, with one
     line, before Hydra composes (whose own message for this spans many lines)."""

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint
-from trpo.config import ConfigError, env_kwargs
+from trpo.config import ConfigError, env_kwargs, training_keys
 from trpo.envs import make_env
 from trpo.normalization import ObservationNormalizer
 from trpo.networks import Policy, make_policy
@@ -224,7 +224,7 @@ def _read_trained_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], DictCo
         run_dir = run_dir.parent
     checkpoint = load_checkpoint(run_dir)
     trained = trained_config(run_dir)
-    check_compatible(checkpoint, trained.env.id, trained.policy.hidden_sizes, trained.policy.activation)
+    check_compatible(checkpoint, training_keys(trained))
     return run_dir, checkpoint, trained
 
 

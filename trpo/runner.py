@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from trpo.config import ConfigError, env_kwargs, validate
+from trpo.config import ConfigError, env_kwargs, training_keys, validate
 from trpo.envs import make_env_batch
 from trpo.evaluation import EVAL_SEED_OFFSET, evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
@@ -77,7 +77,7 @@ class Runner:
         seed_everything(cfg.seed)
         checkpoint = load_checkpoint(self.run_dir) if (self.run_dir / CHECKPOINT_NAME).exists() else None
         if checkpoint is not None:
-            check_compatible(checkpoint, cfg.env.id, cfg.policy.hidden_sizes, cfg.policy.activation, **run_keys(cfg))
+            check_compatible(checkpoint, training_keys(cfg))
             if checkpoint["epoch"] >= cfg.epochs:
                 if checkpoint["eval_ep_ret"] is None:
                     raise CheckpointError(
@@ -114,9 +114,15 @@ class Runner:
         )
         start_epoch, elapsed, wandb_run_id, skipped_updates = 0, 0.0, None, 0
         if checkpoint is not None:
-            policy.load_state_dict(checkpoint["policy"])
-            value_function.load_state_dict(checkpoint["value_function"])
-            update_rule.load_state_dict(checkpoint["update_rule"])
+            try:
+                policy.load_state_dict(checkpoint["policy"])
+                value_function.load_state_dict(checkpoint["value_function"])
+                update_rule.load_state_dict(checkpoint["update_rule"])
+            except (KeyError, RuntimeError, ValueError) as error:  # a checkpoint older than the keys it is checked on
+                raise CheckpointError(
+                    f"checkpoint {self.run_dir / CHECKPOINT_NAME} holds networks that do not fit this run's config "
+                    f"({type(error).__name__})"
+                ) from None
             for stats, state in (
                 (obs_normalizer, checkpoint["obs_normalizer"]),
                 (reward_scaler, checkpoint["reward_scaler"]),
@@ -226,12 +232,7 @@ class Runner:
                         "elapsed": time.perf_counter() - start,
                         "skipped_updates": skipped_updates,
                         "eval_ep_ret": row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
-                        "model": {
-                            "env_id": cfg.env.id,
-                            "hidden_sizes": list(cfg.policy.hidden_sizes),
-                            "activation": cfg.policy.activation,
-                            **run_keys(cfg),
-                        },
+                        "model": training_keys(cfg),
                         "policy": policy.state_dict(),
                         "value_function": value_function.state_dict(),
                         "update_rule": update_rule.state_dict(),
@@ -252,20 +253,6 @@ class Runner:
             csv_logger.close()
             wandb_logger.close(exit_code)
             envs.close()
-
-
-def run_keys(cfg: DictConfig) -> dict:
-    """Config keys a checkpoint can only be continued with: the env's constructor arguments, the update rule, the
-    shape of the batch, and whether observations and rewards are normalised (the networks were trained on the
-    normalised ones, and the statistics are in the checkpoint or not)."""
-    return {
-        "env.kwargs": env_kwargs(cfg),
-        "optimizer._target_": cfg.optimizer._target_,
-        "sampler.num_envs": cfg.sampler.num_envs,
-        "sampler.normalize_obs": cfg.sampler.normalize_obs,
-        "sampler.normalize_rewards": cfg.sampler.normalize_rewards,
-        "steps_per_epoch": cfg.steps_per_epoch,
-    }
 
 
 def episode_stats(episodes: EpisodeRecord) -> dict[str, float]:
