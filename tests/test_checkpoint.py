@@ -382,6 +382,16 @@ def test_finished_run_relaunched_with_another_config_is_refused_not_reported(
         Runner(changed, RunIdentity(run_dir)).run()
 
 
+def test_a_run_that_goes_on_clears_an_earlier_attempts_error(tmp_path: Path, cartpole_run: Path) -> None:
+    """A crashed job requeued into its dir, which then finishes, is no longer listed as failed."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    (run_dir / "error.txt").write_text("run failed: MemoryError: \n")
+    Runner(compose_config([*CARTPOLE, "epochs=3", "logger.mode=disabled"]), RunIdentity(run_dir)).run()
+    assert not (run_dir / "error.txt").exists()
+    assert load_checkpoint(run_dir)["epoch"] == 3
+
+
 # 6. Finished runs, extended runs --------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config
 from trpo.compare import flatten
-from trpo.config import ConfigError, validate
+from trpo.config import ConfigError, check_group_options, validate
 from trpo.networks import CategoricalPolicy, GaussianPolicy, make_policy
 from trpo.updates import UpdateRule
 
@@ -193,3 +193,16 @@ def test_task_preset_is_the_general_preset_with_only_its_documented_changes(task
     general = flatten(OmegaConf.to_container(compose_config(["experiment=mujoco", f"env={task}"]), resolve=True))
     assert {key: value for key, value in preset.items() if general.get(key) != value} == changes
     assert preset["epochs"] * preset["steps_per_epoch"] <= 1_000_000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["optimizer=trpo,npg"], ["optimizer=choice(trpo,npg)"], ["env=glob(*cheetah)"], ["+experiment=mujoco,null"]],
+)
+def test_group_sweeps_over_real_options_pass_the_early_check(args: list[str]) -> None:
+    check_group_options(args, CONF_DIR)
+
+
+def test_a_misspelt_option_inside_a_group_sweep_is_named() -> None:
+    with pytest.raises(ConfigError, match="optimizer='npgg' is not allowed: must be one of npg, trpo, vpg"):
+        check_group_options(["-m", "optimizer=trpo,npgg", "optimizer.delta=0.02"], CONF_DIR)

@@ -253,12 +253,12 @@ def check_group_options(args: list[str], conf_dir: Path) -> None:
     for arg in args:
         name, sep, value = arg.partition("=")
         name = name.lstrip("+~")
-        if not sep or name not in groups or not value:
+        # choice(), glob() and range() sweeps, whose arguments hold commas too, are left to Hydra.
+        if not sep or name not in groups or not value or "(" in value:
             continue
         options = sorted(f.stem for f in (conf_dir / name).glob("*.yaml"))
-        # A sweep (-m) lists options with commas; glob() and range() sweeps are left to Hydra.
-        for option in value.split(","):
-            if option and option not in options and option != "null" and "(" not in option:
+        for option in value.split(","):  # a sweep (-m) lists options with commas
+            if option and option not in options and option != "null":
                 raise ConfigError(f"{name}={option!r} is not allowed: must be one of {', '.join(options)}")
 
 

@@ -78,14 +78,15 @@ class Runner:
         checkpoint = load_checkpoint(self.run_dir) if (self.run_dir / CHECKPOINT_NAME).exists() else None
         if checkpoint is not None:
             check_compatible(checkpoint, training_keys(cfg))
-            if checkpoint["epoch"] >= cfg.epochs:
-                if checkpoint["eval_ep_ret"] is None:
-                    raise CheckpointError(
-                        f"{self.run_dir} stopped after epoch {checkpoint['epoch']}, before its final evaluation: "
-                        f"continue it with epochs > {checkpoint['epoch']}"
-                    )
-                print(f"{self.run_dir} already finished; EvalEpRet {checkpoint['eval_ep_ret']:.2f}")
-                return checkpoint["eval_ep_ret"]
+        (self.run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure, which this one ends
+        if checkpoint is not None and checkpoint["epoch"] >= cfg.epochs:
+            if checkpoint["eval_ep_ret"] is None:
+                raise CheckpointError(
+                    f"{self.run_dir} stopped after epoch {checkpoint['epoch']}, before its final evaluation: "
+                    f"continue it with epochs > {checkpoint['epoch']}"
+                )
+            print(f"{self.run_dir} already finished; EvalEpRet {checkpoint['eval_ep_ret']:.2f}")
+            return checkpoint["eval_ep_ret"]
         envs = make_env_batch(
             cfg.env.id,
             cfg.env.max_ep_len,
