@@ -20,6 +20,7 @@ from trpo.config import ConfigError
 from trpo.envs import make_env
 from trpo.normalization import ObservationNormalizer
 from trpo.evaluation import (
+    deterministic_action,
     EVAL_SEED_OFFSET,
     RenderingError,
     choose_mujoco_gl,
@@ -329,3 +330,20 @@ def test_seed_offset_and_env_kinds() -> None:
     assert getattr(runner, "EVAL_SEED_OFFSET", EVAL_SEED_OFFSET) == EVAL_SEED_OFFSET
     assert uses_mujoco("Hopper-v5") and uses_mujoco("InvertedPendulum-v5")
     assert not uses_mujoco("CartPole-v1") and not uses_mujoco("Pendulum-v1")
+
+
+@pytest.mark.parametrize("clip_actions", [True, False])
+def test_evaluation_clips_actions_only_where_training_did(clip_actions: bool) -> None:
+    """Reacher's actions are bounded by 1; a mean of 5 reaches the env as 1 only with sampler.clip_actions=true,
+    and Reacher charges the action it is given (-|a|^2 a step), so the return shows which one it got."""
+    env = make_env("Reacher-v5", 5)
+    policy = make_policy(env.observation_space, env.action_space, [4], "tanh", -0.5)
+    with torch.no_grad():
+        policy.mean_net[-1].bias.fill_(5.0)
+        policy.mean_net[-1].weight.zero_()
+    obs, _ = env.reset(seed=0)
+    action = deterministic_action(policy, obs, None, env.action_space, clip_actions)
+    assert action.tolist() == pytest.approx([1.0, 1.0] if clip_actions else [5.0, 5.0])
+    (total,) = evaluate(policy, "Reacher-v5", 5, 1, 0, clip_actions=clip_actions)
+    control_cost = 5 * float(np.sum(action**2))
+    assert -control_cost - 5 * 0.5 < total < -control_cost  # plus 5 steps of distance cost, each below 0.5

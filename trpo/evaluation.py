@@ -53,14 +53,15 @@ class RenderingError(ConfigError):
 
 
 def deterministic_action(
-    policy: Policy, obs: np.ndarray, obs_filter: Optional[ObsFilter], action_space: gym.Space
+    policy: Policy, obs: np.ndarray, obs_filter: Optional[ObsFilter], action_space: gym.Space, clip_actions: bool
 ) -> np.ndarray:
     """The action evaluation takes at ``obs`` (one observation or a batch): the policy's deterministic action on
-    the filtered observation, clipped to the bounds of a ``Box`` action space as the env steps were in training."""
+    the filtered observation, clipped to the bounds of a ``Box`` action space if ``clip_actions`` (the run's
+    ``sampler.clip_actions``), as the env steps were in training."""
     policy_obs = obs_filter(obs) if obs_filter is not None else obs
     with torch.no_grad():
         action = policy.deterministic_action(torch.as_tensor(policy_obs, dtype=torch.float32)).numpy()
-    if isinstance(action_space, gym.spaces.Box):
+    if clip_actions and isinstance(action_space, gym.spaces.Box):
         action = np.clip(action, action_space.low, action_space.high)
     return action
 
@@ -76,6 +77,7 @@ def evaluate(
     on_episode_end: Optional[EpisodeEndCallback] = None,
     obs_filter: Optional[ObsFilter] = None,
     make_kwargs: Optional[dict[str, Any]] = None,
+    clip_actions: bool = True,
 ) -> list[float]:
     """Undiscounted returns of ``episodes`` episodes acting with the policy's deterministic action
     (the Gaussian's mean, the Categorical's most likely class); episode ``i`` is seeded with ``seed + i``.
@@ -84,7 +86,8 @@ def evaluate(
     and after every step of episode ``i`` (so ``length + 1`` frames; the env is made with ``render_mode="rgb_array"``
     only then); ``on_episode_end(i, return, length)`` is called as each episode ends; ``obs_filter`` maps each
     observation before the policy sees it (a frozen observation normaliser). ``make_kwargs`` go to the env's
-    constructor, as the run's ``env.kwargs`` did in training.
+    constructor, as the run's ``env.kwargs`` did in training; ``clip_actions`` is the run's
+    ``sampler.clip_actions``.
     """
     render_mode = "rgb_array" if on_frame is not None else None
     env = make_env(env_id, max_ep_len, render_mode, make_kwargs)
@@ -96,7 +99,7 @@ def evaluate(
                 on_frame(i, env.render())
             done, total, length = False, 0.0, 0
             while not done:
-                action = deterministic_action(policy, obs, obs_filter, env.action_space)
+                action = deterministic_action(policy, obs, obs_filter, env.action_space, clip_actions)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 length += 1
@@ -156,6 +159,7 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
             on_episode_end=episode_end,
             obs_filter=loaded.obs_filter,
             make_kwargs=loaded.make_kwargs,
+            clip_actions=loaded.clip_actions,
         )
     except gym.error.DependencyNotInstalled as error:  # e.g. classic-control envs render with pygame
         raise RenderingError(f"eval.video=true: {env_id} cannot render here: {error}") from None
@@ -198,6 +202,7 @@ class TrainedPolicy:
     policy: Policy
     obs_filter: Optional[ObsFilter]  # the run's observation normaliser, frozen; None if it trained without one
     action_space: gym.Space
+    clip_actions: bool  # the run's sampler.clip_actions: Box actions clipped to their bounds before env.step
     env_id: str
     max_ep_len: int
     make_kwargs: dict[str, Any]
@@ -205,7 +210,7 @@ class TrainedPolicy:
     epoch: int  # the epochs the saved policy was trained for
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return deterministic_action(self.policy, obs, self.obs_filter, self.action_space)
+        return deterministic_action(self.policy, obs, self.obs_filter, self.action_space, self.clip_actions)
 
 
 def load_trained_policy(run_dir: str | Path) -> TrainedPolicy:
@@ -245,6 +250,7 @@ def _trained_policy(run_dir: Path, checkpoint: dict[str, Any], trained: DictConf
         policy=policy,
         obs_filter=frozen_obs_normalizer(checkpoint.get("obs_normalizer"), run_dir / CHECKPOINT_NAME),
         action_space=env.action_space,
+        clip_actions=bool(trained.sampler.get("clip_actions", True)),
         env_id=env_id,
         max_ep_len=max_ep_len,
         make_kwargs=make_kwargs,

@@ -218,6 +218,7 @@ class Runner:
                         cfg.seed + EVAL_SEED_OFFSET,
                         obs_filter=obs_normalizer,  # frozen: evaluate() only applies it
                         make_kwargs=env_kwargs(cfg),
+                        clip_actions=cfg.sampler.clip_actions,
                     )
                     row["EvalEpRet"] = float(np.mean(eval_returns))
                 saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
