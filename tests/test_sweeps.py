@@ -66,7 +66,7 @@ def test_launcher_configs_compose_with_documented_fields() -> None:
     slurm = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=cpu"]).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
     assert slurm.partition == "cpu" and slurm.timeout_min == 120 and slurm.cpus_per_task == 2 and slurm.mem_gb == 4
-    assert slurm.setup == ["export OMP_NUM_THREADS=2"]
+    assert slurm.setup == []
 
     ray = compose_with_hydra(["hydra/launcher=ray_cluster"]).hydra.launcher
     assert ray._target_.endswith("RayLauncher")
@@ -86,7 +86,10 @@ def test_slurm_config_renders_a_valid_sbatch_script(tmp_path: Path, monkeypatch)
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
 
-    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=cpu", f"hydra.sweep.dir={tmp_path}"])
+    setup = "hydra.launcher.setup=['source .venv/bin/activate']"
+    cfg = compose_with_hydra(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", setup, f"hydra.sweep.dir={tmp_path}"]
+    )
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     params.pop("_target_")
     executor = submitit.AutoExecutor(
@@ -95,7 +98,7 @@ def test_slurm_config_renders_a_valid_sbatch_script(tmp_path: Path, monkeypatch)
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit X", "uid")
-    for line in ("--partition=cpu", "--time=120", "--cpus-per-task=2", "--mem=4GB", "export OMP_NUM_THREADS=2"):
+    for line in ("--partition=cpu", "--time=120", "--cpus-per-task=2", "--mem=4GB", "source .venv/bin/activate"):
         assert line in script, line
 
 

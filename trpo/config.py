@@ -2,7 +2,8 @@
 
 Hydra composes ``conf/`` into a plain ``DictConfig``. :func:`validate` checks it against the dataclasses
 below -- every key's type, then every number's range -- before anything is built, and raises
-:class:`ConfigError` with one line naming the key, the value and what is allowed.
+:class:`ConfigError` with one line naming the key, the value and what is allowed. The dataclasses hold types and
+rules only: every key's value, its default included, comes from ``conf/``.
 """
 
 from __future__ import annotations
@@ -44,105 +45,105 @@ def one_of(*choices: str) -> dict:
     return _rule(lambda v: v in choices, "one of " + ", ".join(choices))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EnvConfig:
-    id: str = "HalfCheetah-v5"
-    max_ep_len: int = field(default=1000, metadata=at_least(1))
-    kwargs: dict = field(default_factory=dict)  # for the env's constructor (gymnasium.make)
+    id: str
+    max_ep_len: int = field(metadata=at_least(1))
+    kwargs: dict  # for the env's constructor (gymnasium.make)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PolicyConfig:
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = field(default="tanh", metadata=one_of("tanh", "relu", "elu"))
-    init_log_std: float = -0.5
-    ortho_init: bool = False
-    bounded_mean: bool = False
-    distribution: str = field(default="gaussian", metadata=one_of("gaussian", "beta"))
-    final_log_std: float | None = None
+    hidden_sizes: list[int]
+    activation: str = field(metadata=one_of("tanh", "relu", "elu"))
+    init_log_std: float
+    ortho_init: bool
+    bounded_mean: bool
+    distribution: str = field(metadata=one_of("gaussian", "beta"))
+    final_log_std: float | None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ValueFitConfig:
     """What every update rule shares: advantage estimation and the value-function fit."""
 
-    lam: float = field(default=0.97, metadata=in_closed_interval(0.0, 1.0))
-    gamma: float = field(default=0.99, metadata=in_closed_interval(0.0, 1.0))
-    vf_lr: float = field(default=1e-3, metadata=positive())
-    train_v_iters: int = field(default=80, metadata=at_least(0))
-    normalize_advantages: bool = False
-    vf_lr_schedule: str = field(default="constant", metadata=one_of("constant", "linear"))
-    vf_minibatches: int = field(default=1, metadata=at_least(1))
-    vf_target: str = field(default="rewards_to_go", metadata=one_of("rewards_to_go", "lambda_returns"))
+    lam: float = field(metadata=in_closed_interval(0.0, 1.0))
+    gamma: float = field(metadata=in_closed_interval(0.0, 1.0))
+    vf_lr: float = field(metadata=positive())
+    train_v_iters: int = field(metadata=at_least(0))
+    normalize_advantages: bool
+    vf_lr_schedule: str = field(metadata=one_of("constant", "linear"))
+    vf_minibatches: int = field(metadata=at_least(1))
+    vf_target: str = field(metadata=one_of("rewards_to_go", "lambda_returns"))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NPGConfig(ValueFitConfig):
     _target_: str = "trpo.updates.NPG"
-    delta: float = field(default=0.01, metadata=positive())
-    damping_coeff: float = field(default=0.1, metadata=at_least(0.0))
-    cg_iters: int = field(default=10, metadata=at_least(1))
-    delta_schedule: str = field(default="constant", metadata=one_of("constant", "linear"))
-    natural_lr: Optional[float] = field(default=None, metadata=_rule(lambda v: v is None or v > 0, "> 0, or null"))
+    delta: float = field(metadata=positive())
+    damping_coeff: float = field(metadata=at_least(0.0))
+    cg_iters: int = field(metadata=at_least(1))
+    delta_schedule: str = field(metadata=one_of("constant", "linear"))
+    natural_lr: Optional[float] = field(metadata=_rule(lambda v: v is None or v > 0, "> 0, or null"))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TRPOConfig(NPGConfig):
     _target_: str = "trpo.updates.TRPO"
-    backtrack_iters: int = field(default=10, metadata=at_least(1))
-    backtrack_coeff: float = field(default=0.8, metadata=in_open_interval(0.0, 1.0))
+    backtrack_iters: int = field(metadata=at_least(1))
+    backtrack_coeff: float = field(metadata=in_open_interval(0.0, 1.0))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VPGConfig(ValueFitConfig):
     _target_: str = "trpo.updates.VPG"
-    pi_lr: float = field(default=3e-4, metadata=positive())
-    train_pi_iters: int = field(default=1, metadata=at_least(1))
+    pi_lr: float = field(metadata=positive())
+    train_pi_iters: int = field(metadata=at_least(1))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WandbConfig:
-    mode: str = field(default="offline", metadata=one_of("offline", "online", "disabled"))
-    project: str = "trpo"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
+    mode: str = field(metadata=one_of("offline", "online", "disabled"))
+    project: str
+    entity: Optional[str]
+    group: Optional[str]
+    tags: list[str]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SamplerConfig:
-    num_envs: int = field(default=1, metadata=at_least(1))
-    workers: int = field(default=0, metadata=at_least(0))
-    clip_actions: bool = True
-    normalize_obs: bool = False
-    normalize_rewards: bool = False
+    num_envs: int = field(metadata=at_least(1))
+    workers: int = field(metadata=at_least(0))
+    clip_actions: bool
+    normalize_obs: bool
+    normalize_rewards: bool
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalConfig:
-    episodes: int = field(default=10, metadata=at_least(1))
-    freq: int = field(default=0, metadata=at_least(0))
-    video: bool = False
+    episodes: int = field(metadata=at_least(1))
+    freq: int = field(metadata=at_least(0))
+    video: bool
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Config:
-    env: EnvConfig = field(default_factory=EnvConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    optimizer: Any = None  # its schema depends on the update rule: see OPTIMIZER_SCHEMAS
-    logger: WandbConfig = field(default_factory=WandbConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = field(default=0, metadata=at_least(0))
-    epochs: int = field(default=50, metadata=at_least(1))
-    steps_per_epoch: int = field(default=4000, metadata=at_least(1))
-    save_freq: int = field(default=10, metadata=at_least(1))
-    device: str = field(default="cpu", metadata=one_of("cpu"))
-    torch_threads: int = field(default=1, metadata=at_least(1))
-    overlap_value_fit: bool = True
-    task: str = field(default="train", metadata=one_of("train", "eval"))
-    resume: Optional[str] = None
-    checkpoint: Optional[str] = None
+    env: EnvConfig
+    policy: PolicyConfig
+    optimizer: Any  # its schema depends on the update rule: see OPTIMIZER_SCHEMAS
+    logger: WandbConfig
+    sampler: SamplerConfig
+    eval: EvalConfig
+    seed: int = field(metadata=at_least(0))
+    epochs: int = field(metadata=at_least(1))
+    steps_per_epoch: int = field(metadata=at_least(1))
+    save_freq: int = field(metadata=at_least(1))
+    device: str = field(metadata=one_of("cpu"))  # refuses device=cuda with one line: training runs on the CPU
+    torch_threads: int = field(metadata=at_least(1))
+    overlap_value_fit: bool
+    task: str = field(metadata=one_of("train", "eval"))
+    resume: Optional[str]
+    checkpoint: Optional[str]
 
 
 # Each update rule's schema, found by its ``_target_``.
