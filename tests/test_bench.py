@@ -1,10 +1,13 @@
-"""The bench's pieces that need no long run: its table, its update timing and its Fisher-vector product timing."""
+"""The bench's pieces, on runs short enough for the tests: its table, the project's rate read back from a run, the
+update timing and the Fisher-vector product timing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from trpo.bench import SEQUENTIAL, fisher_product_times, format_table, update_time
+from trpo.bench import SEQUENTIAL, fisher_product_times, format_table, project_rate, update_time
 
 
 def project(steps_per_s: float) -> dict:
@@ -54,3 +57,11 @@ def test_update_timing_builds_and_steps_each_rule(rule_name: str) -> None:
     timing = update_time(width=16, batch_size=64, rule_name=rule_name)
     assert (timing["rule"], timing["width"], timing["batch"]) == (rule_name, 16, 64)
     assert timing["policy_step_s"] > 0 and timing["value_fit_s"] > 0
+
+
+def test_project_rate_reads_a_short_runs_steady_epochs(tmp_path: Path) -> None:
+    args = ["steps_per_epoch=400", "sampler.num_envs=2", "optimizer.train_v_iters=5"]
+    rate = project_rate("cartpole", 4, args, tmp_path / "run")
+    assert rate["steps_per_s"] > 0 and rate["sampling_steps_per_s"] > rate["steps_per_s"]
+    assert 0 < rate["update_fraction"] < 1 and rate["value_fit_s_per_epoch"] > 0
+    assert rate["peak_rss_mib"] >= rate["peak_pss_mib"] > 0

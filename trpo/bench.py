@@ -17,7 +17,6 @@ Timings are noisy on a shared machine: this is a tool to read, never a test that
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -31,6 +30,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+
+from trpo.compare import cpu_model, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQUENTIAL = ["overlap_value_fit=false"]
@@ -86,19 +87,19 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
     watcher.join()
     if process.returncode != 0:
         raise RuntimeError(f"launch.py failed: {stderr.strip()}")
-    with open(run_dir / "progress.csv") as f:
-        rows = list(csv.DictReader(f))
+    table = read_table(run_dir)
     # The first two epochs pay for warm-up (process starts, allocator); report the steady state after them.
-    steady = rows[2:] if len(rows) > 2 else rows
-    steps = int(rows[0]["TotalEnvInteracts"]) * len(steady)
-    sample = sum(float(r["SampleTime"]) for r in steady)
-    update = sum(float(r["UpdateTime"]) for r in steady)
+    first = 2 if len(table["Epoch"]) > 2 else 0
+    steady = {name: column[first:] for name, column in table.items()}
+    epochs = len(steady["Epoch"])
+    steps = float(table["TotalEnvInteracts"][0]) * epochs
+    sample, update = float(steady["SampleTime"].sum()), float(steady["UpdateTime"].sum())
     return {
         "steps_per_s": steps / (sample + update),
-        "sample_s_per_epoch": sample / len(steady),
-        "update_s_per_epoch": update / len(steady),
+        "sample_s_per_epoch": sample / epochs,
+        "update_s_per_epoch": update / epochs,
         "update_fraction": update / (sample + update),
-        "value_fit_s_per_epoch": sum(float(r["ValueFitTime"] or 0) for r in steady) / len(steady),
+        "value_fit_s_per_epoch": float(np.nansum(steady["ValueFitTime"])) / epochs,
         "sampling_steps_per_s": steps / sample,
         "peak_pss_mib": peak[0] / 2**20,
         "peak_rss_mib": peak[1] / 2**20,
@@ -223,13 +224,7 @@ def fisher_product_times(batch_size: int = 4000, obs_dim: int = 17, act_dim: int
 
 
 def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> None:

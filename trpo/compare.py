@@ -210,14 +210,6 @@ def read_table(path: Path) -> dict[str, np.ndarray]:
     return {name: np.array([row[name] for row in rows], dtype=float) for name in names}
 
 
-def read_progress(path: Path) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
-    """(TotalEnvInteracts, AverageEpRet, EvalEpRet of the last row) from ``progress.csv`` (see :func:`read_table`).
-
-    A missing file gives empty arrays.
-    """
-    return split_table(read_table(path))
-
-
 def split_table(table: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
     """(TotalEnvInteracts, AverageEpRet, EvalEpRet of the last row) of a :func:`read_table` table."""
     steps = table.get("TotalEnvInteracts", np.array([], dtype=float))
