@@ -458,6 +458,8 @@ BAD = [
     ("policy.activation=sigmoid", "policy.activation"),
     ("env.id=HalfCheetah-v9", "env.id"),
     ("task=eval", "checkpoint"),  # without checkpoint=RUN_DIR
+    ("checkpoint=outputs/runs/x", "checkpoint"),  # with task=train, it would train inside that run's dir
+    ("task=eval checkpoint=outputs/runs/x resume=outputs/runs/x", "resume"),
     # unknown keys, appended with + as Hydra's own message suggests
     ("+optimizer.detla=0.02", "optimizer.detla"),
     ("+epoch=5", "epoch"),
@@ -468,7 +470,7 @@ BAD = [
 @pytest.mark.parametrize("override, key", BAD, ids=[o for o, _ in BAD])
 def test_bad_input_is_refused_with_one_line_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as error:
-        validate(compose_config([override]))
+        validate(compose_config(override.split()))
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(key + "=") or message.startswith(key + " ") or key + "=" in message, message

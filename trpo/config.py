@@ -219,6 +219,13 @@ def validate(cfg: DictConfig) -> None:
         )
     if plain["task"] == "eval" and plain["checkpoint"] is None:
         raise ConfigError("checkpoint=None is not allowed with task=eval: give the run dir to evaluate")
+    if plain["task"] == "train" and plain["checkpoint"] is not None:
+        raise ConfigError(
+            f"checkpoint={plain['checkpoint']!r} is not allowed with task=train: it is what task=eval evaluates "
+            "(to continue a run, give resume=RUN_DIR)"
+        )
+    if plain["task"] == "eval" and plain["resume"] is not None:
+        raise ConfigError(f"resume={plain['resume']!r} is not allowed with task=eval: give checkpoint=RUN_DIR")
     _check_env_id(plain["env"]["id"])
 
 
