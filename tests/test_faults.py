@@ -523,3 +523,14 @@ def test_refused_config_through_the_real_command_leaves_no_run(tmp_path: Path, o
     assert not (run_dir / "wandb").exists() and not (run_dir / "progress.csv").exists()
     assert not (run_dir / "checkpoint.pt").exists()
     assert (run_dir / "error.txt").read_text().startswith(f"{key}=")
+
+
+def test_a_config_refused_while_the_run_is_built_closes_the_env_workers(tmp_path: Path) -> None:
+    """A Beta policy needs Box actions: CartPole's refusal comes after its env worker processes have started,
+    which must not outlive the run (a basic-launcher sweep would pile them up)."""
+    import multiprocessing
+
+    cfg = compose_config([*CARTPOLE, "sampler.workers=1", "policy.distribution=beta"])
+    with pytest.raises(ConfigError, match="policy.distribution"):
+        Runner(cfg, RunIdentity(tmp_path)).run()
+    assert multiprocessing.active_children() == []

@@ -32,7 +32,8 @@ EPOCH_KEYS = [
     "StepScale",  # the full step's length against the trust region's boundary: 1, or less where natural_lr caps it
     "SkippedUpdates",  # epochs so far whose policy step or value fit was dropped for non-finite numbers
     "Time",
-    "SampleTime",  # seconds this epoch spent collecting experience and estimating advantages
+    # seconds from the epoch's start to its update: sampling, the wait for an overlapped value fit, and GAE
+    "SampleTime",
     "UpdateTime",  # seconds this epoch waited for its update: the policy step, and the value fit unless overlapped
     "ValueFitTime",  # seconds the value fit took where it ran (beside the next epoch's sampling when overlapped)
 ]

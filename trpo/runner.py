@@ -5,6 +5,7 @@ Data flow, one way: config -> Runner -> sampler -> buffer -> update rule -> logg
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
@@ -87,6 +88,13 @@ class Runner:
                 )
             print(f"{self.run_dir} already finished; EvalEpRet {checkpoint['eval_ep_ret']:.2f}")
             return checkpoint["eval_ep_ret"]
+        with contextlib.ExitStack() as cleanup:  # closes what was built, last first, however the run ends
+            return self._train(checkpoint, cleanup)
+
+    def _train(self, checkpoint: dict | None, cleanup: contextlib.ExitStack) -> float:
+        """Build the envs, networks, sampler and loggers (restored from ``checkpoint``, if any), registering each
+        with ``cleanup`` as it is built, and train the remaining epochs."""
+        cfg = self.cfg
         envs = make_env_batch(
             cfg.env.id,
             cfg.env.max_ep_len,
@@ -95,6 +103,7 @@ class Runner:
             cfg.sampler.clip_actions,
             make_kwargs=env_kwargs(cfg),
         )
+        cleanup.callback(envs.close)
         policy = make_policy(envs.observation_space, envs.action_space, **cfg.policy)
         value_function = ValueFunction(
             int(np.prod(envs.observation_space.shape)),
@@ -138,7 +147,10 @@ class Runner:
         keep_progress_rows(self.run_dir / "progress.csv", start_epoch)  # no checkpoint: start_epoch 0
         # Before the loggers: the fit's child process is forked from this one before W&B starts its threads.
         value_fit = make_value_fit(update_rule, background=cfg.overlap_value_fit)
+        cleanup.callback(value_fit.close)
         csv_logger = CSVLogger(self.run_dir / "progress.csv", EPOCH_KEYS + ["EvalEpRet"])
+        cleanup.callback(csv_logger.close)
+        exit_code = 1  # what W&B records for the run, unless it returns
         wandb_logger = WandbLogger(
             self.run_dir,
             OmegaConf.to_container(cfg, resolve=True),
@@ -150,111 +162,105 @@ class Runner:
             name=self.identity.name,
             run_id=wandb_run_id,
         )
+        cleanup.callback(lambda: wandb_logger.close(exit_code))
         progress = Progress(cfg.epochs * buffer.steps * envs.num_envs)
-        exit_code = 1
-        try:
-            start = time.perf_counter() - elapsed
-            non_finite_streak = 0
+        cleanup.callback(progress.close)
+        start = time.perf_counter() - elapsed
+        non_finite_streak = 0
 
-            def complete(row: dict, policy_stats: dict | None) -> None:
-                """Add the epoch's value fit to its row, count a dropped update, and log the row."""
-                nonlocal skipped_updates, non_finite_streak
-                value_stats = value_fit.finish(keep=policy_stats is not None)
-                if value_stats is None:
-                    skipped_updates += 1
-                    non_finite_streak += 1
-                    if non_finite_streak >= MAX_NON_FINITE_EPOCHS:
-                        raise NonFiniteError(
-                            f"non-finite observations, rewards or losses in {non_finite_streak} epochs in a row "
-                            f"(epochs {row['Epoch'] - non_finite_streak + 1}-{row['Epoch']}); the last checkpoint "
-                            "is intact"
-                        )
-                else:
-                    non_finite_streak = 0
-                    row.update(value_stats)
-                row["SkippedUpdates"] = skipped_updates
-                csv_logger.log(row)
-                wandb_logger.log(row)
-                progress.update(row)
-
-            # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
-            # A skipped policy step drops its epoch's value fit too (keep=False).
-            waiting: tuple[dict, dict | None] | None = None
-            for epoch in range(start_epoch, cfg.epochs):
-                epoch_start = time.perf_counter()
-                policy.anneal(epoch / cfg.epochs)
-                episodes = sampler.collect(buffer)
-                if waiting is not None:
-                    complete(*waiting)
-                    waiting = None
-                # Only now: the previous epoch's value fit, which may have run until here, keeps its own rate.
-                update_rule.anneal(epoch / cfg.epochs)
-                batch, values = buffer.compute_batch(
-                    value_function, update_rule.gamma, update_rule.lam, update_rule.vf_target
-                )
-                update_start = time.perf_counter()
-                value_fit.start(batch)  # V's regression needs only the batch: it runs beside the policy step
-                policy_stats = guarded_policy_step(update_rule, batch)
-                update_end = time.perf_counter()
-                row = {
-                    "Epoch": epoch,
-                    **episode_stats(episodes),
-                    "VVals": float(values.mean()),
-                    "TotalEnvInteracts": (epoch + 1) * buffer.steps * envs.num_envs,
-                    **(policy_stats or {}),
-                    "Time": update_end - start,
-                    "SampleTime": update_start - epoch_start,
-                    "UpdateTime": update_end - update_start,
-                }
-                last_epoch = epoch == cfg.epochs - 1
-                # The same seeded episodes every time, so the evaluations during training form one curve with the
-                # final one. They step their own env and draw no random numbers: training goes on as without them.
-                if last_epoch or (cfg.eval.freq > 0 and (epoch + 1) % cfg.eval.freq == 0):
-                    eval_returns = evaluate(
-                        policy,
-                        cfg.env.id,
-                        cfg.env.max_ep_len,
-                        cfg.eval.episodes,
-                        cfg.seed + EVAL_SEED_OFFSET,
-                        obs_filter=obs_normalizer,  # frozen: evaluate() only applies it
-                        make_kwargs=env_kwargs(cfg),
-                        clip_actions=cfg.sampler.clip_actions,
+        def complete(row: dict, policy_stats: dict | None) -> None:
+            """Add the epoch's value fit to its row, count a dropped update, and log the row."""
+            nonlocal skipped_updates, non_finite_streak
+            value_stats = value_fit.finish(keep=policy_stats is not None)
+            if value_stats is None:
+                skipped_updates += 1
+                non_finite_streak += 1
+                if non_finite_streak >= MAX_NON_FINITE_EPOCHS:
+                    raise NonFiniteError(
+                        f"non-finite observations, rewards or losses in {non_finite_streak} epochs in a row "
+                        f"(epochs {row['Epoch'] - non_finite_streak + 1}-{row['Epoch']}); the last checkpoint "
+                        "is intact"
                     )
-                    row["EvalEpRet"] = float(np.mean(eval_returns))
-                saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
-                if value_fit.overlaps_sampling and not saves:
-                    waiting = (row, policy_stats)
-                    continue
-                # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
-                complete(row, policy_stats)
-                save_checkpoint(
-                    self.run_dir,
-                    {
-                        "epoch": epoch + 1,
-                        "elapsed": time.perf_counter() - start,
-                        "skipped_updates": skipped_updates,
-                        "eval_ep_ret": row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
-                        "model": training_keys(cfg),
-                        "policy": policy.state_dict(),
-                        "value_function": value_function.state_dict(),
-                        "update_rule": update_rule.state_dict(),
-                        "obs_normalizer": obs_normalizer.state_dict() if obs_normalizer else None,
-                        "reward_scaler": reward_scaler.state_dict() if reward_scaler else None,
-                        "envs": envs.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "wandb_run_id": wandb_logger.run_id,
-                        "identity": {"name": self.identity.name, "group": self.identity.group},
-                    },
+            else:
+                non_finite_streak = 0
+                row.update(value_stats)
+            row["SkippedUpdates"] = skipped_updates
+            csv_logger.log(row)
+            wandb_logger.log(row)
+            progress.update(row)
+
+        # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
+        # A skipped policy step drops its epoch's value fit too (keep=False).
+        waiting: tuple[dict, dict | None] | None = None
+        for epoch in range(start_epoch, cfg.epochs):
+            epoch_start = time.perf_counter()
+            policy.anneal(epoch / cfg.epochs)
+            episodes = sampler.collect(buffer)
+            if waiting is not None:
+                complete(*waiting)
+                waiting = None
+            # Only now: the previous epoch's value fit, which may have run until here, keeps its own rate.
+            update_rule.anneal(epoch / cfg.epochs)
+            batch, values = buffer.compute_batch(
+                value_function, update_rule.gamma, update_rule.lam, update_rule.vf_target
+            )
+            update_start = time.perf_counter()
+            value_fit.start(batch)  # V's regression needs only the batch: it runs beside the policy step
+            policy_stats = guarded_policy_step(update_rule, batch)
+            update_end = time.perf_counter()
+            row = {
+                "Epoch": epoch,
+                **episode_stats(episodes),
+                "VVals": float(values.mean()),
+                "TotalEnvInteracts": (epoch + 1) * buffer.steps * envs.num_envs,
+                **(policy_stats or {}),
+                "Time": update_end - start,
+                "SampleTime": update_start - epoch_start,
+                "UpdateTime": update_end - update_start,
+            }
+            last_epoch = epoch == cfg.epochs - 1
+            # The same seeded episodes every time, so the evaluations during training form one curve with the
+            # final one. They step their own env and draw no random numbers: training goes on as without them.
+            if last_epoch or (cfg.eval.freq > 0 and (epoch + 1) % cfg.eval.freq == 0):
+                eval_returns = evaluate(
+                    policy,
+                    cfg.env.id,
+                    cfg.env.max_ep_len,
+                    cfg.eval.episodes,
+                    cfg.seed + EVAL_SEED_OFFSET,
+                    obs_filter=obs_normalizer,  # frozen: evaluate() only applies it
+                    make_kwargs=env_kwargs(cfg),
+                    clip_actions=cfg.sampler.clip_actions,
                 )
-            wandb_logger.summary({"EvalEpRet": row["EvalEpRet"]})
-            exit_code = 0
-            return row["EvalEpRet"]
-        finally:
-            value_fit.close()
-            progress.close()
-            csv_logger.close()
-            wandb_logger.close(exit_code)
-            envs.close()
+                row["EvalEpRet"] = float(np.mean(eval_returns))
+            saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
+            if value_fit.overlaps_sampling and not saves:
+                waiting = (row, policy_stats)
+                continue
+            # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
+            complete(row, policy_stats)
+            save_checkpoint(
+                self.run_dir,
+                {
+                    "epoch": epoch + 1,
+                    "elapsed": time.perf_counter() - start,
+                    "skipped_updates": skipped_updates,
+                    "eval_ep_ret": row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
+                    "model": training_keys(cfg),
+                    "policy": policy.state_dict(),
+                    "value_function": value_function.state_dict(),
+                    "update_rule": update_rule.state_dict(),
+                    "obs_normalizer": obs_normalizer.state_dict() if obs_normalizer else None,
+                    "reward_scaler": reward_scaler.state_dict() if reward_scaler else None,
+                    "envs": envs.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "wandb_run_id": wandb_logger.run_id,
+                    "identity": {"name": self.identity.name, "group": self.identity.group},
+                },
+            )
+        wandb_logger.summary({"EvalEpRet": row["EvalEpRet"]})
+        exit_code = 0
+        return row["EvalEpRet"]
 
 
 def episode_stats(episodes: EpisodeRecord) -> dict[str, float]:

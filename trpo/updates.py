@@ -40,7 +40,7 @@ def distribution_surrogate(distribution: Distribution, batch: Batch) -> torch.Te
 
 
 class UpdateRule:
-    """Fits the value function by regression on the rewards-to-go; subclasses define the policy step.
+    """Fits the value function by regression on ``vf_target``; subclasses define the policy step.
 
     Args:
         policy: the policy :math:`\\pi_\\theta` to improve.
@@ -175,7 +175,7 @@ class _KLLimitedRule(UpdateRule):
             zero (a solved task) the step shrinks with them instead of moving the policy a full :math:`\delta` along
             noise. With rewards scaled, 10-50 (docs/trpo.md, 2.2: 10 slowed HalfCheetah, 50 let InvertedPendulum
             collapse; 20, the general preset's, did neither).
-        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+        **value_kwargs: the value fit's and advantages' arguments (see :class:`UpdateRule`).
     """
 
     def __init__(
@@ -222,10 +222,10 @@ class TRPO(_KLLimitedRule):
        with :math:`\bar D_{KL} \le \delta` and an improved surrogate; if none, :math:`\theta_{k+1} = \theta_k`.
 
     Args:
-        delta, damping_coeff, cg_iters, delta_schedule: see :class:`_KLLimitedRule`.
+        delta, damping_coeff, cg_iters, delta_schedule, natural_lr: see :class:`_KLLimitedRule`.
         backtrack_iters: the most line-search steps; usually 10 (rarely reached).
         backtrack_coeff: :math:`\alpha`, the step's shrink factor per backtrack, in (0, 1); usually 0.8.
-        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+        **value_kwargs: the value fit's and advantages' arguments (see :class:`UpdateRule`).
     """
 
     def __init__(self, policy: Policy, value_function: ValueFunction, backtrack_iters: int, backtrack_coeff: float,
@@ -274,7 +274,7 @@ class VPG(UpdateRule):
     Args:
         pi_lr: Adam learning rate of the policy; Spinning Up's VPG uses 3e-4.
         train_pi_iters: policy gradient steps per epoch; usually 1.
-        **value_kwargs: ``gamma``, ``lam``, ``vf_lr``, ``train_v_iters`` (see :class:`UpdateRule`).
+        **value_kwargs: the value fit's and advantages' arguments (see :class:`UpdateRule`).
     """
 
     def __init__(self, policy, value_function, pi_lr: float, train_pi_iters: int, **value_kwargs):
