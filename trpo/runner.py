@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import math
 import os
 import random
 import sys
@@ -32,6 +31,7 @@ from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
 from trpo.networks import ValueFunction, make_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler
 from trpo.sampler import EpisodeRecord, Sampler
+from trpo.updates import finite_outcome
 from trpo.value_fit import make_value_fit
 
 
@@ -284,8 +284,7 @@ def guarded_policy_step(update_rule, batch) -> dict[str, float] | None:
         return None
     saved = copy.deepcopy(update_rule.policy.state_dict()), copy.deepcopy(update_rule.state_dict())
     stats = update_rule.improve_policy(batch)
-    finite_params = all(torch.isfinite(p).all() for p in update_rule.policy.parameters())
-    if finite_params and all(math.isfinite(v) for v in stats.values()):
+    if finite_outcome(update_rule.policy, stats):
         return stats
     update_rule.policy.load_state_dict(saved[0])
     update_rule.load_state_dict(saved[1])

@@ -39,6 +39,12 @@ def distribution_surrogate(distribution: Distribution, batch: Batch) -> torch.Te
     return surrogate_advantage(distribution.log_prob(batch.actions), batch.logp_old, batch.advantages)
 
 
+def finite_outcome(network: torch.nn.Module, stats: dict[str, float]) -> bool:
+    """Whether a step left ``network``'s parameters and its reported ``stats`` finite (else the caller undoes it)."""
+    finite_params = all(torch.isfinite(p).all() for p in network.parameters())
+    return finite_params and all(math.isfinite(v) for v in stats.values())
+
+
 class UpdateRule:
     """Fits the value function by regression on ``vf_target``; subclasses define the policy step.
 

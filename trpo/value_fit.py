@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import math
 import multiprocessing as mp
 import pickle
 import time
@@ -26,7 +25,7 @@ from multiprocessing.connection import Connection
 import torch
 
 from trpo.buffer import Batch
-from trpo.updates import UpdateRule, ValueFitJob, fit_value_function
+from trpo.updates import UpdateRule, ValueFitJob, finite_outcome, fit_value_function
 
 
 def value_states(update_rule: UpdateRule) -> tuple[dict, dict]:
@@ -44,8 +43,7 @@ def guarded_value_fit(update_rule: UpdateRule, job: ValueFitJob) -> dict[str, fl
     saved = value_states(update_rule)
     started = time.perf_counter()
     stats = fit_value_function(update_rule.value_function, update_rule.vf_optimizer, job)
-    finite_params = all(torch.isfinite(p).all() for p in update_rule.value_function.parameters())
-    if finite_params and all(math.isfinite(v) for v in stats.values()):
+    if finite_outcome(update_rule.value_function, stats):
         return {**stats, "ValueFitTime": time.perf_counter() - started}
     load_value_states(update_rule, saved)
     return None
