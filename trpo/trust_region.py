@@ -44,7 +44,8 @@ def surrogate_advantage(logp: torch.Tensor, logp_old: torch.Tensor, advantages: 
 def mean_kl(old: Distribution, new: Distribution) -> torch.Tensor:
     r""":math:`\bar D_{KL}(\theta_k \| \theta) = \mathbb{E}_{s \sim \pi_{\theta_k}}
     \left[D_{KL}\big(\pi_{\theta_k}(\cdot|s) \,\|\, \pi_\theta(\cdot|s)\big)\right]` over the batch's states: the old
-    policy first, as in the TRPO paper (Spinning Up writes the pair the other way round for the same quantity)."""
+    policy first, as in the TRPO paper. Spinning Up constrains the reverse divergence; the two agree to second order
+    at :math:`\theta_k` (the same step), and differ only in the line search's exact check."""
     return kl_divergence(old, new).mean()
 
 
