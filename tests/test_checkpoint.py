@@ -428,22 +428,21 @@ def test_finished_run_is_not_retrained_and_a_larger_epochs_extends_it(tmp_path: 
     assert without_wall_clock(rows)[2] == without_wall_clock(read_rows(reference))[2]
 
 
-def test_relaunch_with_fewer_epochs_than_an_unfinished_checkpoint_does_not_crash(
+def test_relaunch_with_fewer_epochs_than_an_unfinished_checkpoint_is_refused_and_left_as_it_was(
     tmp_path: Path, cartpole_run: Path
 ) -> None:
-    """A run stopped at epoch 1 of 2 (its checkpoint has no EvalEpRet yet), relaunched with epochs=1: the run
-    is either evaluated or refused with a CheckpointError, never a TypeError from formatting None."""
+    """A run stopped at epoch 1 of 2 (its checkpoint has no EvalEpRet yet), relaunched with epochs=1: refused with
+    the way to continue it (not a TypeError from formatting None, not a stale number), its files untouched."""
     run_dir = tmp_path / "run"
     shutil.copytree(cartpole_run, run_dir)
     checkpoint = load_checkpoint(run_dir)
     checkpoint.update(epoch=1, eval_ep_ret=None)  # what save_freq=1 leaves after epoch 0 of 2
     save_checkpoint(run_dir, {k: v for k, v in checkpoint.items() if k != "format"})
+    files = {name: (run_dir / name).read_bytes() for name in (CHECKPOINT_NAME, "progress.csv")}
     cfg = compose_config([*CARTPOLE, "epochs=1", "logger.mode=disabled"])
-    try:
-        result = Runner(cfg, RunIdentity(run_dir)).run()
-    except CheckpointError:
-        return
-    assert isinstance(result, float)
+    with pytest.raises(CheckpointError, match="before its final evaluation: continue it with epochs > 1"):
+        Runner(cfg, RunIdentity(run_dir)).run()
+    assert {name: (run_dir / name).read_bytes() for name in files} == files
 
 
 def test_only_the_final_checkpoint_holds_an_eval_ep_ret(tmp_path: Path, monkeypatch) -> None:

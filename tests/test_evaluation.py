@@ -10,6 +10,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -32,6 +33,7 @@ from trpo.evaluation import (
     uses_mujoco,
 )
 from trpo.networks import BetaPolicy, make_policy
+from trpo.runner import RunIdentity, Runner
 
 TRAIN = [*TINY, "logger.mode=disabled", "sampler.workers=0"]  # eval.episodes=2 at the end of training
 PRINTED = re.compile(r"^EvalEpRet (-?\d+\.\d\d) ± (\d+\.\d\d) over (\d+) episodes?$", re.MULTILINE)
@@ -324,10 +326,23 @@ def test_frozen_obs_normalizer() -> None:
         frozen_obs_normalizer({"running_sum": 1.0}, source)
 
 
-def test_seed_offset_and_env_kinds() -> None:
-    from trpo import runner
+def test_evaluation_episodes_are_seeded_apart_from_the_training_envs(tmp_path: Path, monkeypatch) -> None:
+    """Every seeded reset of a run: its training envs take seed + i, its evaluation episodes seed + offset + i."""
+    seeds: list[int] = []
+    real_reset = gym.Env.reset
 
-    assert getattr(runner, "EVAL_SEED_OFFSET", EVAL_SEED_OFFSET) == EVAL_SEED_OFFSET
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            seeds.append(seed)
+        return real_reset(self, seed=seed, options=options)
+
+    monkeypatch.setattr(gym.Env, "reset", reset)
+    cfg = compose_config(["env=cartpole", *TINY, "seed=3", "sampler.num_envs=2", "logger.mode=disabled"])
+    Runner(cfg, RunIdentity(tmp_path)).run()
+    assert seeds == [3, 4, 3 + EVAL_SEED_OFFSET, 4 + EVAL_SEED_OFFSET]
+
+
+def test_env_kinds() -> None:
     assert uses_mujoco("Hopper-v5") and uses_mujoco("InvertedPendulum-v5")
     assert not uses_mujoco("CartPole-v1") and not uses_mujoco("Pendulum-v1")
 

@@ -666,3 +666,75 @@ def test_linear_delta_schedule_scales_the_natural_step_by_the_root_of_what_is_le
     assert constant.norm() > 0
     torch.testing.assert_close(moves["linear", 0.75], constant / 2, rtol=1e-9, atol=1e-12)
     assert moves["linear", 1.0].norm() == 0
+
+
+# --- the other update rules behind the same interface ------------------------------------------------------------
+
+
+def make_npg(policy, delta: float) -> trpo.updates.NPG:
+    return trpo.updates.NPG(
+        policy, ValueFunction(OBS_DIM, [5], "tanh").double(), delta=delta, damping_coeff=0.1, cg_iters=10,
+        gamma=0.99, lam=0.97, vf_lr=1e-3, train_v_iters=1,
+    )
+
+
+def surrogate_of(policy, batch: Batch) -> float:
+    with torch.no_grad():
+        logp = policy.distribution(batch.obs).log_prob(batch.actions)
+    return (torch.exp(logp - batch.logp_old) * batch.advantages).mean().item()
+
+
+def test_npg_takes_the_full_step_that_trpo_shrinks_and_flags_what_the_line_search_would_refuse():
+    """At delta 2 the Gaussian's quadratic model is wrong for some seeds: there TRPO backtracks j times to
+    0.8^j of NPG's step, and NPG, which takes the full step, reports KLExceeded / SurrogateWorse exactly where the
+    hand-computed KL exceeds delta / the surrogate fell. TRPO's accepted steps never carry either flag."""
+    delta, exceeded = 2.0, []
+    for seed in range(10):
+        moves, stats = {}, {}
+        for name, make in (("trpo", make_trpo), ("npg", make_npg)):
+            policy = small_policy("gaussian", seed=seed)
+            batch = random_batch(policy, seed=seed)
+            with torch.no_grad():
+                old = policy.distribution(batch.obs)
+            surrogate_old, before = surrogate_of(policy, batch), flat_params(list(policy.parameters()))
+            stats[name] = make(policy, delta).policy_step(batch)
+            moves[name] = flat_params(list(policy.parameters())) - before
+            with torch.no_grad():
+                kl = closed_form_kl(old, policy.distribution(batch.obs)).item()
+            assert stats[name]["KLExceeded"] == float(kl > delta)
+            assert stats[name]["SurrogateWorse"] == float(surrogate_of(policy, batch) < surrogate_old)
+        backtracks = stats["trpo"]["BacktrackIters"]
+        torch.testing.assert_close(moves["trpo"], 0.8**backtracks * moves["npg"], rtol=1e-9, atol=1e-12)
+        assert stats["trpo"]["KLExceeded"] == stats["trpo"]["SurrogateWorse"] == 0.0
+        assert stats["npg"]["BacktrackIters"] == 0
+        exceeded.append(stats["npg"]["KLExceeded"])
+    assert 0 < sum(exceeded) < 10, exceeded  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("train_pi_iters", [1, 3])
+def test_vpg_takes_train_pi_iters_adam_steps_up_the_surrogate_and_reports_the_kl_it_moved(train_pi_iters):
+    """VPG's policy equals a hand-written Adam loop on -L(theta), and its KL is the closed-form KL(old || new)."""
+    policy, reference = small_policy("gaussian", seed=3), small_policy("gaussian", seed=3)
+    batch = random_batch(policy, seed=3)
+    with torch.no_grad():
+        old = policy.distribution(batch.obs)
+    rule = trpo.updates.VPG(
+        policy, ValueFunction(OBS_DIM, [5], "tanh").double(), pi_lr=0.05, train_pi_iters=train_pi_iters,
+        gamma=0.99, lam=0.97, vf_lr=1e-3, train_v_iters=1,
+    )
+    surrogate_old = surrogate_of(policy, batch)
+    stats = rule.policy_step(batch)
+
+    adam = torch.optim.Adam(reference.parameters(), lr=0.05)
+    for _ in range(train_pi_iters):
+        adam.zero_grad()
+        logp = reference.distribution(batch.obs).log_prob(batch.actions)
+        (-(torch.exp(logp - batch.logp_old) * batch.advantages).mean()).backward()
+        adam.step()
+    for mine, theirs in zip(policy.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        kl = closed_form_kl(old, policy.distribution(batch.obs)).item()
+    assert kl > 0 and stats["KL"] == pytest.approx(kl, rel=1e-9)
+    assert stats["LossPi"] == pytest.approx(-surrogate_old, rel=1e-12)
+    assert stats["DeltaLossPi"] == pytest.approx(-(surrogate_of(policy, batch) - surrogate_old), rel=1e-9)

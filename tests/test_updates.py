@@ -1,4 +1,5 @@
-"""The value-function fit every update rule shares: full-batch and minibatch passes."""
+"""What every update rule shares: the value-function fit (full-batch and minibatch passes, its learning-rate
+schedule) and the advantages' normalisation before the policy step."""
 
 from __future__ import annotations
 
@@ -62,3 +63,42 @@ def test_full_batch_value_fit_draws_no_random_numbers() -> None:
     state = torch.get_rng_state()
     rule.fit_value_function(value_batch())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def vpg(**options) -> VPG:
+    torch.manual_seed(0)
+    return VPG(GaussianPolicy(OBS_DIM, 1, [8], "tanh", -0.5), ValueFunction(OBS_DIM, [16], "tanh"), pi_lr=1e-3,
+               train_pi_iters=1, gamma=0.99, lam=0.97, vf_lr=1e-2, train_v_iters=3, **options)
+
+
+@pytest.mark.parametrize("schedule, expected", [("constant", [1e-2, 1e-2, 1e-2]), ("linear", [1e-2, 2.5e-3, 0.0])])
+def test_the_critic_learning_rate_follows_its_schedule(schedule: str, expected: list[float]) -> None:
+    rule = vpg(vf_lr_schedule=schedule)
+    rates = []
+    for progress in (0.0, 0.75, 1.0):
+        rule.anneal(progress)
+        rates.append(rule.vf_optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx(expected, abs=1e-15)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_the_policy_step_sees_advantages_centred_and_scaled_only_when_asked(normalize: bool, monkeypatch) -> None:
+    """With normalize_advantages the step gets (A - mean) / std and the std as advantage_scale (natural_lr's
+    units); without it, the batch as it came."""
+    rule = vpg(normalize_advantages=normalize)
+    seen: list[Batch] = []
+    monkeypatch.setattr(rule, "policy_step", lambda batch: seen.append(batch) or {})
+    generator = torch.Generator().manual_seed(1)
+    advantages = 3.0 + 2.0 * torch.randn(ROWS, generator=generator)
+    batch = Batch(torch.randn(ROWS, OBS_DIM, generator=generator), torch.zeros(ROWS, 1), torch.zeros(ROWS),
+                  advantages, torch.zeros(ROWS))
+
+    rule.improve_policy(batch)
+
+    (stepped,) = seen
+    if normalize:
+        expected = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        torch.testing.assert_close(stepped.advantages, expected)
+        assert stepped.advantage_scale == pytest.approx(advantages.std().item(), rel=1e-6)
+    else:
+        assert stepped is batch and stepped.advantage_scale == 1.0
