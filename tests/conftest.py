@@ -39,10 +39,11 @@ TINY = [
 ]
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """``conf/config.yaml`` composed with ``overrides``, as ``launch.py`` would see it."""
+def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
+    """``conf/config.yaml`` composed with ``overrides``, as ``launch.py`` would see it (with Hydra's own ``hydra``
+    section too, launchers and sweepers, if ``return_hydra_config``)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides or [])
+        return compose("config", overrides=overrides or [], return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture
@@ -71,10 +72,27 @@ def launch(args: list[str], cwd: Path = ROOT, timeout: float = 240) -> subproces
     )
 
 
+def assert_one_line_refusal(result: subprocess.CompletedProcess, *words: str) -> str:
+    """A refusal as the README promises it: exit status 2, no traceback, exactly one line on stderr
+    (``error: ...``), naming every word."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
 def read_rows(run_dir: Path) -> list[dict[str, str]]:
     """A run's ``progress.csv``, one dict per epoch."""
     with open(Path(run_dir) / "progress.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def final_eval_ep_ret(run_dir: Path) -> float:
+    """The EvalEpRet a run's ``progress.csv`` ends with."""
+    return float(read_rows(run_dir)[-1]["EvalEpRet"])
 
 
 def without_wall_clock(rows: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -27,6 +27,7 @@ import trpo.runner
 from tests.conftest import (
     ROOT,
     TINY,
+    assert_one_line_refusal,
     compose_config,
     inspect_wandb,
     launch,
@@ -38,21 +39,6 @@ from tests.conftest import (
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
 from trpo.runner import RunIdentity, Runner
-
-
-def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
-
-
-def assert_one_line_refusal(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit status 2, no traceback, exactly one line on stderr, naming every word."""
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = stderr_lines(result)
-    assert len(lines) == 1, result.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 CARTPOLE = ["env=cartpole", *TINY, "sampler.num_envs=2", "sampler.workers=0", "save_freq=1"]

@@ -10,14 +10,19 @@ from trpo.config import ConfigError
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env, make_env_batch
 
 
-def single_env_rollout(env_id: str, max_ep_len: int, seed: int, actions: np.ndarray) -> tuple[list, list, np.ndarray]:
-    """One plain Gymnasium env driven by ``actions``, reset on episode end: the oracle."""
+def single_env_rollout(
+    env_id: str, max_ep_len: int, seed: int, actions: np.ndarray, clip_actions: bool = True
+) -> tuple[list, list, np.ndarray]:
+    """One plain Gymnasium env driven by ``actions`` (clipped to the box if ``clip_actions``), reset on episode end:
+    the oracle."""
     env = gym.make(env_id, max_episode_steps=max_ep_len)
     obs, _ = env.reset(seed=seed)
     returns, rewards, total = [], [], 0.0
     observations = [obs]
     for action in actions:
-        obs, reward, terminated, truncated, _ = env.step(np.clip(action, env.action_space.low, env.action_space.high))
+        if clip_actions:
+            action = np.clip(action, env.action_space.low, env.action_space.high)
+        obs, reward, terminated, truncated, _ = env.step(action)
         rewards.append(reward)
         total += reward
         if terminated or truncated:
@@ -28,14 +33,21 @@ def single_env_rollout(env_id: str, max_ep_len: int, seed: int, actions: np.ndar
     return returns, rewards, np.array(observations, dtype=np.float32)
 
 
+@pytest.mark.parametrize("clip_actions", [True, False])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_batched_envs_match_single_envs(workers: int) -> None:
+def test_batched_envs_match_single_envs(workers: int, clip_actions: bool) -> None:
     """Env i of a batch seeded with s gives the same rewards, observations and episode returns as a lone env
-    seeded with s + i fed the same actions, including episodes that end (time limit 30) and reset mid-batch."""
+    seeded with s + i fed the same actions, including episodes that end (time limit 30) and reset mid-batch.
+    The actions reach 1.5 against Hopper's bound of 1: clipped only with ``clip_actions`` (Hopper's control cost
+    charges the action it is given, so an unclipped one shows in the rewards)."""
     env_id, max_ep_len, num_envs, seed, steps = "Hopper-v5", 30, 3, 7, 80
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, size=(steps, num_envs, 3)).astype(np.float32)
-    batch = EnvBatch(env_id, max_ep_len, num_envs) if workers == 0 else SubprocEnvBatch(env_id, max_ep_len, num_envs, 2)
+    actions = rng.uniform(-1.5, 1.5, size=(steps, num_envs, 3)).astype(np.float32)
+    batch = (
+        EnvBatch(env_id, max_ep_len, num_envs, clip_actions)
+        if workers == 0
+        else SubprocEnvBatch(env_id, max_ep_len, num_envs, 2, clip_actions)
+    )
     try:
         obs = [batch.reset(seed=seed)]
         rewards, finished = [], []
@@ -49,7 +61,7 @@ def test_batched_envs_match_single_envs(workers: int) -> None:
     obs, rewards = np.array(obs), np.array(rewards)
     all_returns = []
     for i in range(num_envs):
-        returns, env_rewards, env_obs = single_env_rollout(env_id, max_ep_len, seed + i, actions[:, i])
+        returns, env_rewards, env_obs = single_env_rollout(env_id, max_ep_len, seed + i, actions[:, i], clip_actions)
         np.testing.assert_array_equal(rewards[:, i], env_rewards)
         np.testing.assert_array_equal(obs[:, i], env_obs)
         all_returns += returns

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -15,7 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_config, inspect_wandb, launch, read_rows, wandb_runs, without_wall_clock
+from tests.conftest import (
+    TINY,
+    assert_one_line_refusal,
+    compose_config,
+    final_eval_ep_ret,
+    inspect_wandb,
+    launch,
+    read_rows,
+    wandb_runs,
+    without_wall_clock,
+)
 from trpo.checkpoint import CheckpointError, load_checkpoint
 from trpo.config import ConfigError
 from trpo.envs import make_env
@@ -47,21 +56,6 @@ def train(run_dir: Path, *overrides: str) -> Path:
 
 def run_eval(run_dir: Path | str, out: Path, *overrides: str):
     return launch(["task=eval", f"checkpoint={run_dir}", "logger.mode=disabled", *overrides, f"hydra.run.dir={out}"])
-
-
-def final_eval_ep_ret(run_dir: Path) -> float:
-    with open(run_dir / "progress.csv") as f:
-        return float(list(csv.DictReader(f))[-1]["EvalEpRet"])
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -199,13 +193,13 @@ def test_eval_freq_evaluates_during_training_and_leaves_training_unchanged(tmp_p
 
 
 def test_eval_freq_must_not_be_negative(tmp_path: Path) -> None:
-    assert_one_line_error(launch(["eval.freq=-1", *TRAIN, f"hydra.run.dir={tmp_path}"]), "eval.freq=-1", ">= 0")
+    assert_one_line_refusal(launch(["eval.freq=-1", *TRAIN, f"hydra.run.dir={tmp_path}"]), "eval.freq=-1", ">= 0")
 
 
 def test_eval_of_a_dir_without_checkpoint_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = run_eval(tmp_path / "empty", tmp_path / "eval")
-    assert_one_line_error(result, "no checkpoint", str(tmp_path / "empty"))
+    assert_one_line_refusal(result, "no checkpoint", str(tmp_path / "empty"))
     assert (tmp_path / "eval" / "error.txt").exists() and not (tmp_path / "eval" / "eval.json").exists()
 
 
@@ -214,7 +208,7 @@ def test_eval_of_a_corrupt_checkpoint_is_one_line_naming_the_file(cartpole_run: 
     shutil.copytree(cartpole_run, broken)
     path = broken / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:10])
-    assert_one_line_error(run_eval(broken, tmp_path / "eval"), str(path), "corrupt")
+    assert_one_line_refusal(run_eval(broken, tmp_path / "eval"), str(path), "corrupt")
 
 
 def test_no_working_gl_backend_is_a_one_line_config_error() -> None:

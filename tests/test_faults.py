@@ -16,7 +16,16 @@ from hydra.utils import instantiate
 import trpo.envs
 import trpo.loggers
 import trpo.runner
-from tests.conftest import TINY, compose_config, inspect_wandb, launch, read_rows, wandb_runs, without_wall_clock
+from tests.conftest import (
+    TINY,
+    assert_one_line_refusal,
+    compose_config,
+    inspect_wandb,
+    launch,
+    read_rows,
+    wandb_runs,
+    without_wall_clock,
+)
 from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import load_checkpoint
 from trpo.config import ConfigError, validate
@@ -406,6 +415,7 @@ def test_rows_do_not_depend_on_the_number_of_env_workers(tmp_path: Path) -> None
 
 # 11. Bad input breadth ------------------------------------------------------------------------------------------
 
+# (Each case test_config.py's BAD_VALUES checks, with its value, is not repeated here.)
 BAD = [
     # wrong types
     ("epochs=ten", "epochs"),
@@ -414,7 +424,6 @@ BAD = [
     ("steps_per_epoch=[4000]", "steps_per_epoch"),
     ("seed=0.5", "seed"),
     ("optimizer.delta=[0.01]", "optimizer.delta"),
-    ("optimizer.delta=nan", "optimizer.delta"),
     ("optimizer.delta=inf", "optimizer.delta"),
     ("optimizer.cg_iters=10.0", "optimizer.cg_iters"),
     ("optimizer.train_v_iters=eighty", "optimizer.train_v_iters"),
@@ -426,36 +435,25 @@ BAD = [
     ("env.max_ep_len=1e3", "env.max_ep_len"),
     ("sampler.num_envs=4.0", "sampler.num_envs"),
     # out of range
-    ("epochs=0", "epochs"),
     ("steps_per_epoch=0", "steps_per_epoch"),
     ("save_freq=0", "save_freq"),
     ("seed=-1", "seed"),
     ("torch_threads=0", "torch_threads"),
     ("sampler.workers=-1", "sampler.workers"),
-    ("sampler.num_envs=0", "sampler.num_envs"),
     ("eval.episodes=0", "eval.episodes"),
-    ("env.max_ep_len=0", "env.max_ep_len"),
     ("policy.hidden_sizes=[0]", "policy.hidden_sizes"),
     ("policy.hidden_sizes=[64,-1]", "policy.hidden_sizes"),
-    ("optimizer.delta=0", "optimizer.delta"),
     ("optimizer.gamma=1.5", "optimizer.gamma"),
-    ("optimizer.lam=-0.1", "optimizer.lam"),
-    ("optimizer.vf_lr=0", "optimizer.vf_lr"),
     ("optimizer.train_v_iters=-1", "optimizer.train_v_iters"),
     ("optimizer.vf_minibatches=0", "optimizer.vf_minibatches"),
     ("optimizer.vf_target=returns", "optimizer.vf_target"),
     ("overlap_value_fit=maybe", "overlap_value_fit"),
-    ("optimizer.damping_coeff=-1", "optimizer.damping_coeff"),
-    ("optimizer.cg_iters=0", "optimizer.cg_iters"),
     ("optimizer.backtrack_iters=0", "optimizer.backtrack_iters"),
-    ("optimizer.backtrack_coeff=0", "optimizer.backtrack_coeff"),
-    ("optimizer.backtrack_coeff=1", "optimizer.backtrack_coeff"),
     ("steps_per_epoch=4001", "steps_per_epoch"),  # not a multiple of sampler.num_envs
     # not one of the choices
     ("task=train2", "task"),
     ("device=cuda", "device"),
     ("logger.mode=onlin", "logger.mode"),
-    ("policy.activation=sigmoid", "policy.activation"),
     ("env.id=HalfCheetah-v9", "env.id"),
     ("task=eval", "checkpoint"),  # without checkpoint=RUN_DIR
     ("checkpoint=outputs/runs/x", "checkpoint"),  # with task=train, it would train inside that run's dir
@@ -487,8 +485,8 @@ def test_bad_input_for_npg_and_vpg_is_refused_too() -> None:
             validate(compose_config(overrides))
 
 
-def test_the_defaults_and_every_option_pass_validation() -> None:
-    """The refusals above are not a validator that refuses everything."""
+def test_the_validator_accepts_the_defaults_and_other_envs_rules_and_logger_modes() -> None:
+    """The refusals above are not a validator that refuses everything (every config file: test_config.py)."""
     validate(compose_config([]))
     for option in ["env=hopper", "env=cartpole", "optimizer=npg", "optimizer=vpg", "logger.mode=online"]:
         validate(compose_config([option]))
@@ -515,11 +513,8 @@ def test_hydra_level_errors_exit_non_zero_without_traceback(tmp_path: Path, over
 )
 def test_refused_config_through_the_real_command_leaves_no_run(tmp_path: Path, override: str, key: str) -> None:
     run_dir = tmp_path / "run"
-    result = launch(["env=cartpole", override, f"hydra.run.dir={run_dir}"])
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {key}="), result.stderr
+    line = assert_one_line_refusal(launch(["env=cartpole", override, f"hydra.run.dir={run_dir}"]))
+    assert line.startswith(f"error: {key}=")
     assert not (run_dir / "wandb").exists() and not (run_dir / "progress.csv").exists()
     assert not (run_dir / "checkpoint.pt").exists()
     assert (run_dir / "error.txt").read_text().startswith(f"{key}=")

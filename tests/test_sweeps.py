@@ -6,18 +6,16 @@ that step their envs in-process (``sampler.workers=0``), as parallel sweeps shou
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF_DIR, TINY, inspect_wandb, launch, wandb_runs
+from tests.conftest import TINY, compose_config, inspect_wandb, launch, read_rows, wandb_runs
 from trpo.sweep_callbacks import SweepSummary, format_summary, scan_sweep
 
 SWEEP_TINY = ["env=cartpole", *TINY, "sampler.workers=0", "sampler.num_envs=1"]
@@ -30,16 +28,11 @@ def run_sweep(tmp_path: Path, *args: str) -> tuple:
     return result, sweep_dir
 
 
-def progress_rows(job_dir: Path) -> list[dict[str, str]]:
-    with open(job_dir / "progress.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def assert_jobs_trained(sweep_dir: Path, jobs: list[str]) -> list[dict]:
     """Every job wrote 2 epochs to progress.csv and one W&B run; all the runs share one group."""
     runs = []
     for job in jobs:
-        rows = progress_rows(sweep_dir / job)
+        rows = read_rows(sweep_dir / job)
         assert len(rows) == 2, job
         assert math.isfinite(float(rows[-1]["EvalEpRet"]))
         [wandb_file] = wandb_runs(sweep_dir / job)
@@ -50,25 +43,21 @@ def assert_jobs_trained(sweep_dir: Path, jobs: list[str]) -> list[dict]:
     return runs
 
 
-def compose_with_hydra(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
-
-
 # -- the configs a user edits -----------------------------------------------------------------------------------
 
 
 def test_launcher_configs_compose_with_documented_fields() -> None:
     """hydra/launcher=parallel | slurm | ray_cluster select the plugins, with the fields the README names."""
-    parallel = compose_with_hydra(["hydra/launcher=parallel"]).hydra.launcher
+    parallel = compose_config(["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
     assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == -1
 
-    slurm = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=cpu"]).hydra.launcher
+    slurm_overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu"]
+    slurm = compose_config(slurm_overrides, return_hydra_config=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
     assert slurm.partition == "cpu" and slurm.timeout_min == 120 and slurm.cpus_per_task == 2 and slurm.mem_gb == 4
     assert slurm.setup == []
 
-    ray = compose_with_hydra(["hydra/launcher=ray_cluster"]).hydra.launcher
+    ray = compose_config(["hydra/launcher=ray_cluster"], return_hydra_config=True).hydra.launcher
     assert ray._target_.endswith("RayLauncher")
     assert ray.ray.init.address is None and ray.ray.init.object_store_memory is None
     assert ray.ray.remote.num_cpus == 1
@@ -87,8 +76,9 @@ def test_slurm_config_renders_a_valid_sbatch_script(tmp_path: Path, monkeypatch)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
 
     setup = "hydra.launcher.setup=['source .venv/bin/activate']"
-    cfg = compose_with_hydra(
-        ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", setup, f"hydra.sweep.dir={tmp_path}"]
+    cfg = compose_config(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", setup, f"hydra.sweep.dir={tmp_path}"],
+        return_hydra_config=True,
     )
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     params.pop("_target_")
@@ -104,7 +94,7 @@ def test_slurm_config_renders_a_valid_sbatch_script(tmp_path: Path, monkeypatch)
 
 def test_optuna_search_config_searches_existing_trpo_keys() -> None:
     """+hparams_search=trpo_optuna maximises with Optuna over keys that exist in the TRPO config."""
-    cfg = compose_with_hydra(["+hparams_search=trpo_optuna"])
+    cfg = compose_config(["+hparams_search=trpo_optuna"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
     assert sweeper.direction == "maximize" and sweeper.n_trials > 0
@@ -114,7 +104,7 @@ def test_optuna_search_config_searches_existing_trpo_keys() -> None:
 
 
 def test_sweep_summary_callback_is_registered() -> None:
-    callbacks = compose_with_hydra([]).hydra.callbacks
+    callbacks = compose_config([], return_hydra_config=True).hydra.callbacks
     assert callbacks.sweep_summary._target_ == "trpo.sweep_callbacks.SweepSummary"
 
 
@@ -257,7 +247,7 @@ def test_optuna_search_maximises_eval_return(tmp_path: Path) -> None:
 
     returns, deltas = [], []
     for job in ("0", "1"):
-        returns.append(float(progress_rows(sweep_dir / job)[-1]["EvalEpRet"]))
+        returns.append(float(read_rows(sweep_dir / job)[-1]["EvalEpRet"]))
         overrides = OmegaConf.load(sweep_dir / job / ".hydra" / "overrides.yaml")
         [delta] = [float(o.split("=", 1)[1]) for o in overrides if o.startswith("optimizer.delta=")]
         deltas.append(delta)
