@@ -378,6 +378,17 @@ def test_a_run_that_goes_on_clears_an_earlier_attempts_error(tmp_path: Path, car
     assert load_checkpoint(run_dir)["epoch"] == 3
 
 
+def test_a_fresh_run_replaces_a_progress_csv_it_did_not_write(tmp_path: Path, cartpole_run: Path) -> None:
+    """A run dir holding another file's progress.csv (a committed record's four columns) and no checkpoint: the
+    run starts its own file, header and all, instead of appending its rows under a header that is not theirs."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = "Epoch,TotalEnvInteracts,AverageEpRet,EvalEpRet\n0,400,9.5,\n1,800,20.0,30.0\n"
+    (run_dir / "progress.csv").write_text(record)
+    Runner(compose_config([*CARTPOLE, "logger.mode=disabled"]), RunIdentity(run_dir)).run()
+    assert without_wall_clock(read_rows(run_dir)) == without_wall_clock(read_rows(cartpole_run))
+
+
 # 6. Finished runs, extended runs --------------------------------------------------------------------------------
 
 

@@ -156,17 +156,6 @@ def test_unequal_lengths_cut_at_steps_all_runs_reached(tmp_path: Path, capsys: p
     assert "running or incomplete (2/3 epochs)" in out
 
 
-def test_run_dir_reused_keeps_only_the_latest_run(tmp_path: Path) -> None:
-    """launch.py appends to progress.csv; when the steps start over, the old run's rows are dropped."""
-    write_run(tmp_path / "a", [10, 20, 30], eval_return=50)
-    with open(tmp_path / "a" / "progress.csv", "a") as f:
-        f.write("0,7,100,0.01,\n")
-    run = read_run(tmp_path / "a")
-    np.testing.assert_allclose(run.steps, [100])
-    np.testing.assert_allclose(run.returns, [7])
-    assert run.status == "running or incomplete (1/3 epochs)"
-
-
 def test_nan_returns_leave_gaps_not_errors(tmp_path: Path) -> None:
     """Epochs where no episode finished (NaN) drop out of that step's mean; all-NaN steps stay NaN."""
     write_run(tmp_path / "a", [math.nan, math.nan, 30], eval_return=1, config={"seed": 0})

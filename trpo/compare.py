@@ -189,9 +189,7 @@ def to_float(text: Optional[str]) -> float:
 def read_table(path: Path) -> dict[str, np.ndarray]:
     """Every column of ``progress.csv`` as floats, one value per epoch (empty cells NaN); {} without a file.
 
-    Rows without a step count (e.g. a line half-written while the run is going) are skipped. A run dir used
-    again by a new run gets its rows appended (the CSV logger appends), so when the steps start over only
-    the rows of the latest run are kept.
+    Rows without a step count (e.g. a line half-written while the run is going) are skipped.
     """
     file = path / "progress.csv"
     if not file.is_file():
@@ -204,8 +202,6 @@ def read_table(path: Path) -> dict[str, np.ndarray]:
             step = to_float(row.get("TotalEnvInteracts"))
             if math.isnan(step):
                 continue
-            if rows and step <= rows[-1]["TotalEnvInteracts"]:  # a new run started in this dir: forget the old
-                rows = []
             rows.append({name: to_float(row.get(name)) for name in names})
     return {name: np.array([row[name] for row in rows], dtype=float) for name in names}
 

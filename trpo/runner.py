@@ -144,7 +144,7 @@ class Runner:
             start_epoch, elapsed, wandb_run_id = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["wandb_run_id"]
             skipped_updates = checkpoint.get("skipped_updates", 0)
             print(f"resuming {self.run_dir} at epoch {start_epoch}")
-        keep_progress_rows(self.run_dir / "progress.csv", start_epoch)  # no checkpoint: start_epoch 0
+        keep_progress_rows(self.run_dir / "progress.csv", start_epoch)
         # Before the loggers: the fit's child process is forked from this one before W&B starts its threads.
         value_fit = make_value_fit(update_rule, background=cfg.overlap_value_fit)
         cleanup.callback(value_fit.close)
@@ -292,8 +292,12 @@ def guarded_policy_step(update_rule, batch) -> dict[str, float] | None:
 
 
 def keep_progress_rows(path: Path, epochs: int) -> None:
-    """Drop the rows of epochs at or after ``epochs``: they were logged after the checkpoint and are redone."""
+    """Drop the rows of epochs at or after ``epochs``: they were logged after the checkpoint and are redone. With
+    ``epochs`` 0 (no checkpoint) the file goes: a fresh run writes its own header, whatever was there before."""
     if not path.exists():
+        return
+    if epochs == 0:
+        path.unlink()
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
