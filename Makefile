@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,sweep]'
 	touch $@
 
-.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results results-heldout results-general results-restore clean
+.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results results-heldout results-general clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -84,10 +84,6 @@ results-general: install ## train the general preset (experiment=mujoco) 1M step
 	  hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
 	  eval.freq=$(EVAL_FREQ) hydra.sweep.dir=outputs/results/general 'hydra.sweep.subdir=$${env.id}/$${seed}'
 	$(BIN)/python -m trpo.results
-
-results-restore: ## copy the committed run records (docs/results-runs) into outputs/results, keeping runs already there
-	mkdir -p outputs/results
-	cp -Rn docs/results-runs/. outputs/results/
 
 clean: ## remove run outputs (keeps .venv)
 	rm -rf outputs/runs outputs/sweeps

@@ -55,7 +55,7 @@ def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> N
     assert "general preset" not in text  # no runs under results/general: no table
     assert "not chosen on" not in text  # nor under results/heldout
     assert "logger.mode=disabled hydra.sweep.dir" in text  # not evaluated during training: no eval.freq
-    assert f"by `python -m trpo.results --results-dir {results} --out {out}` on" in text  # main's own arguments
+    assert f"by `python -m trpo.results --results-dir {results} --out {out}`," in text  # main's own arguments
 
 
 def test_heldout_table_applies_the_goal_to_the_other_seeds(tmp_path: Path) -> None:
@@ -172,3 +172,42 @@ def test_the_report_remade_from_its_run_records_is_the_same(tmp_path: Path) -> N
     (results / "walker2d" / "2").rename(tmp_path / "gone")
     main(["--results-dir", str(results), "--out", str(out)])
     assert not (records / "walker2d" / "2").exists()  # the records are those of the report's runs, no others
+
+
+def test_a_section_without_runs_is_read_from_its_records_which_stay(tmp_path: Path) -> None:
+    """Rerunning one section (here walker2d's seeds) leaves the others as their committed records say: read from
+    them, named in the header, and not rewritten; only the rerun section's records are replaced."""
+    out = tmp_path / "docs" / "results.md"
+    records = out.parent / "results-runs"
+    write_task(records, "hopper", "Hopper-v5", [3708.0, 3541.0, 3550.0])
+    write_run(records / "general" / "Ant-v5" / "0", [1.0, 2.0, 3.0], eval_return=2563.0,
+              config={"seed": 0, "env.id": "Ant-v5"})
+    write_task(records, "walker2d", "Walker2d-v5", [1.0, 2.0, 3.0, 4.0])  # an older record of the rerun section
+    kept = {p: p.read_bytes() for p in records.rglob("*") if p.is_file() and "walker2d" not in p.parts}
+    results = tmp_path / "results"
+    write_task(results, "walker2d", "Walker2d-v5", [5198.0, 4801.0, 4315.0])
+
+    main(["--results-dir", str(results), "--out", str(out)])
+
+    text = out.read_text()
+    assert table_row(text, "Hopper-v5")[1:3] == ["3708 / 3541 / 3550", "3600 ± 77"]
+    assert table_row(text, "Walker2d-v5")[1] == "5198 / 4801 / 4315"
+    assert table_row(text.split("## The general preset")[1], "Ant-v5")[2] == "2563"
+    assert "read from their records in `results-runs/`, as committed: `hopper`, `general/Ant-v5`." in text
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert sorted(p.name for p in (records / "walker2d").iterdir()) == ["0", "1", "2"]
+
+
+def test_the_goal_is_judged_on_seeds_0_1_2_and_only_drawn_figures_are_shown(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    write_task(results, "hopper", "Hopper-v5", [3708.0, 3541.0, 3550.0, 100.0])  # seed 3 is not the goal's
+    out = tmp_path / "docs" / "results.md"
+    (out.parent / "figures").mkdir(parents=True)
+    (out.parent / "figures" / "results-walker2d.png").write_bytes(b"an older run's figure")
+
+    main(["--results-dir", str(results), "--out", str(out)])
+
+    text = out.read_text()
+    assert table_row(text, "Hopper-v5")[1:3] == ["3708 / 3541 / 3550", "3600 ± 77"]
+    assert table_row(text, "Hopper-v5")[-2] == "yes"
+    assert "figures/results-hopper.png" in text and "figures/results-walker2d.png" not in text

@@ -654,12 +654,16 @@ def machine_description() -> str:
     return f"{platform.platform()}, {cpu_model()}, {count}"
 
 
+def when_and_where() -> str:
+    """e.g. ``2026-11-28 05:17 UTC on Linux-..., AMD EPYC, 2 logical CPUs``: when and where a report is made."""
+    return f"{datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {machine_description()}"
+
+
 def provenance(argv: Sequence[str]) -> str:
     """The lines saying when, where and by which command the report was made."""
-    made = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = shlex.join(["python", "-m", "trpo.compare", *argv])
     return (
-        f"Made {made} on {machine_description()}.\n"
+        f"Made {when_and_where()}.\n"
         "(That is where this report was made; its timings come from the machines that ran the runs.)\n\n"
         f"Command:\n\n```sh\n{command}\n```\n"
     )

@@ -12,8 +12,10 @@ Every number of ours comes from the runs' own ``progress.csv``; nothing is typed
 
 Beside the report it keeps the runs' records, ``docs/results-runs/`` (each run's ``.hydra/config.yaml`` and the
 ``progress.csv`` columns read here, at the run's path under the results dir): ``outputs/`` is not committed, so
-these are what the report can be checked against and remade from (``--results-dir docs/results-runs``), and
-``make results-restore`` copies them back so that rerunning one section does not mean rerunning them all.
+these are what the report can be checked against and remade from (``--results-dir docs/results-runs``). A section
+(a task preset's seeds 0-2, its held-out seeds, or one task of the general preset) with no runs under the results
+dir is read from its records instead, and its records are kept: rerunning one section leaves the others as they
+were.
 """
 
 from __future__ import annotations
@@ -23,22 +25,22 @@ import csv
 import math
 import shutil
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from trpo.compare import Group, Run, collect_runs, machine_description, plot_curves
+from trpo.compare import Group, Run, collect_runs, markdown_table, plot_curves, when_and_where
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Task preset -> Gymnasium id, and the goal of the project's results issue (mean over seeds 0, 1, 2).
+# Task preset -> Gymnasium id, and the goal of the project's results issue (mean over GOAL_SEEDS).
 TASKS = {
     "halfcheetah": ("HalfCheetah-v5", 4500.0),
     "hopper": ("Hopper-v5", 3500.0),
     "walker2d": ("Walker2d-v5", 5000.0),
 }
+GOAL_SEEDS = (0, 1, 2)
 # No seed may end below this share of its task's goal.
 SEED_FLOOR = 0.8
 # Under the results dir: the presets on held-out seeds (``make results-heldout``), one dir per task.
@@ -99,10 +101,6 @@ def seed_list(runs: Sequence[Run]) -> str:
     return ", ".join(str(r.seed) for r in runs)
 
 
-def markdown_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def format_return(value: float, scale: Optional[float] = None) -> str:
     """Whole numbers, but one decimal where returns (or ``scale``, the mean a std goes with) are small: Reacher's
     are about -4."""
@@ -141,35 +139,39 @@ def best_during_training(runs: Sequence[Run]) -> str:
     return f"{format_return(mean)}{spread} (at {shared[best]:,.0f} steps)"
 
 
-def meets_goal(finals: np.ndarray, goal: float) -> bool:
-    """The issue's test: the mean over seeds reaches ``goal`` and no seed ends below ``SEED_FLOOR * goal``."""
-    return bool(finals.mean() >= goal and finals.min() >= SEED_FLOOR * goal)
+def meets_goal(runs: Sequence[Run], goal: float) -> bool:
+    """The issue's test: every run finished, the mean over them reaches ``goal`` and none ends below
+    ``SEED_FLOOR * goal``."""
+    finals = np.array([r.eval_return for r in runs if r.eval_return is not None])
+    return bool(runs) and len(finals) == len(runs) and finals.mean() >= goal and finals.min() >= SEED_FLOOR * goal
 
 
 def goal_cell(goal: float) -> str:
     return f"{goal:.0f} (no seed < {SEED_FLOOR * goal:.0f})"
 
 
-def task_row(task: str, env_id: str, goal: float, runs: Sequence[Run], figures_dir: Path) -> Optional[list[str]]:
-    """One table row for the task preset's ``runs`` (or None when it has none yet), and its learning-curve figure."""
+def task_row(task: str, env_id: str, goal: float, runs: Sequence[Run], figure: Path) -> Optional[list[str]]:
+    """One table row for the task preset's runs on :data:`GOAL_SEEDS` (None when it has none yet), and their
+    learning-curve figure; the goal is met only with every one of those seeds finished."""
+    runs = [r for r in runs if r.seed in GOAL_SEEDS]
     if not runs:
         return None
-    plot_curves([Group(f"TRPO, experiment={task}", runs)], figures_dir / f"results-{task}.png", title=f"{env_id}")
-    seeds, mean_std, steps, done = seed_cells(runs)
-    met = len(done) == 3 and meets_goal(done, goal)
+    plot_curves([Group(f"TRPO, experiment={task}", runs)], figure, title=f"{env_id}")
+    seeds, mean_std, steps, _ = seed_cells(runs)
+    met = tuple(r.seed for r in runs) == GOAL_SEEDS and meets_goal(runs, goal)
     return [env_id, seeds, mean_std, steps, goal_cell(goal), "yes" if met else "no", best_during_training(runs)]
 
 
-def heldout_rows(heldout_dir: Path) -> list[list[str]]:
-    """One row per task preset with runs under ``heldout_dir/<task>``: its seeds, EvalEpRet per seed, mean ± std,
-    env steps, the goal, and whether these seeds (every one finished) meet it too."""
+def heldout_rows(heldout_runs: dict[str, list[Run]]) -> list[list[str]]:
+    """One row per task preset with held-out runs: its seeds, EvalEpRet per seed, mean ± std, env steps, the goal,
+    and whether these seeds (every one finished) meet it too."""
     rows = []
     for task, (env_id, goal) in TASKS.items():
-        runs = runs_under(heldout_dir / task)
+        runs = heldout_runs[task]
         if not runs:
             continue
-        seeds, mean_std, steps, done = seed_cells(runs)
-        met = len(done) == len(runs) and meets_goal(done, goal)
+        seeds, mean_std, steps, _ = seed_cells(runs)
+        met = meets_goal(runs, goal)
         rows.append([
             env_id, seed_list(runs), seeds, mean_std, steps, goal_cell(goal), "yes" if met else "no",
             best_during_training(runs),
@@ -177,15 +179,15 @@ def heldout_rows(heldout_dir: Path) -> list[list[str]]:
     return rows
 
 
-def general_rows(general_dir: Path) -> list[list[str]]:
-    """One row per Gymnasium id among the runs under ``general_dir``: its seeds, EvalEpRet per seed, mean ± std,
-    env steps, the best EvalEpRet during training and Tianshou's TRPO on that task ("n/a" where it has none)."""
+def general_rows(general_runs: Sequence[Run]) -> list[list[str]]:
+    """One row per Gymnasium id among the general preset's runs: its seeds, EvalEpRet per seed, mean ± std, env
+    steps, the best EvalEpRet during training and Tianshou's TRPO on that task ("n/a" where it has none)."""
     by_env: dict[str, list[Run]] = {}
-    for run in runs_under(general_dir):
+    for run in general_runs:
         by_env.setdefault(str((run.config or {}).get("env.id", "unknown")), []).append(run)
     rows = []
     for env_id in sorted(by_env):
-        runs = by_env[env_id]  # runs_under gave them by seed
+        runs = by_seed(by_env[env_id])
         seeds, mean_std, steps, _ = seed_cells(runs)
         rows.append([
             env_id, seed_list(runs), seeds, mean_std, steps, best_during_training(runs),
@@ -198,13 +200,28 @@ def display_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def report_dirs(results_dir: Path) -> list[Path]:
-    """The dirs under ``results_dir`` whose runs the report reads."""
+def sections(results_dir: Path, records_dir: Path) -> list[Path]:
+    """The report's sections, as paths relative to the results dir: each task preset's dir, its held-out dir, and
+    one dir per task of the general preset (``general/<env id>``) found under either dir."""
+    general = {
+        d.name for root in (results_dir, records_dir) if (root / GENERAL_DIR).is_dir()
+        for d in (root / GENERAL_DIR).iterdir() if d.is_dir()
+    }
     return [
-        *(results_dir / task for task in TASKS),
-        *(results_dir / HELDOUT_DIR / task for task in TASKS),
-        results_dir / GENERAL_DIR,
+        *(Path(task) for task in TASKS),
+        *(Path(HELDOUT_DIR) / task for task in TASKS),
+        *(Path(GENERAL_DIR) / name for name in sorted(general)),
     ]
+
+
+def section_runs(results_dir: Path, records_dir: Path, section: Path) -> tuple[list[Run], bool]:
+    """The section's runs under the results dir, or, where it has none there, from its records; and whether they
+    came from the records."""
+    runs = runs_under(results_dir / section)
+    if runs or results_dir.resolve() == records_dir.resolve():
+        return runs, False
+    recorded = runs_under(records_dir / section)
+    return recorded, bool(recorded)
 
 
 def csv_cell(value: float) -> str:
@@ -216,24 +233,29 @@ def csv_cell(value: float) -> str:
 
 
 def write_records(results_dir: Path, records_dir: Path) -> int:
-    """Replace ``records_dir`` with the records of the runs the report reads: per run, at its path under
-    ``results_dir``, its ``.hydra/config.yaml`` and the :data:`RECORD_COLUMNS` of its ``progress.csv``.
-    Returns the number of runs recorded."""
-    runs = collect_runs([d for d in report_dirs(results_dir) if d.is_dir()])
-    if records_dir.exists():
-        shutil.rmtree(records_dir)
-    for run in runs:
-        record = records_dir / run.path.relative_to(results_dir)
-        (record / ".hydra").mkdir(parents=True)
-        config = run.path / ".hydra" / "config.yaml"
-        if config.is_file():
-            shutil.copyfile(config, record / ".hydra" / "config.yaml")
-        with open(record / "progress.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(RECORD_COLUMNS)
-            columns = [run.column(key) for key in RECORD_COLUMNS]
-            writer.writerows([csv_cell(float(c[i])) for c in columns] for i in range(len(run.steps)))
-    return len(runs)
+    """Replace the records of each section with runs under ``results_dir`` by those runs' records: per run, at its
+    path under ``results_dir``, its ``.hydra/config.yaml`` and the :data:`RECORD_COLUMNS` of its ``progress.csv``.
+    Sections without runs there keep their records. Returns the number of runs recorded."""
+    count = 0
+    for section in sections(results_dir, records_dir):
+        runs = runs_under(results_dir / section)
+        if not runs:
+            continue
+        if (records_dir / section).exists():
+            shutil.rmtree(records_dir / section)
+        for run in runs:
+            record = records_dir / run.path.relative_to(results_dir)
+            (record / ".hydra").mkdir(parents=True)
+            config = run.path / ".hydra" / "config.yaml"
+            if config.is_file():
+                shutil.copyfile(config, record / ".hydra" / "config.yaml")
+            with open(record / "progress.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(RECORD_COLUMNS)
+                columns = [run.column(key) for key in RECORD_COLUMNS]
+                writer.writerows([csv_cell(float(c[i])) for c in columns] for i in range(len(run.steps)))
+        count += len(runs)
+    return count
 
 
 def eval_freq_override(runs: Sequence[Run]) -> str:
@@ -245,15 +267,23 @@ def eval_freq_override(runs: Sequence[Run]) -> str:
 
 
 def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> str:
-    """Write the report to ``out`` and return it; ``command_args``: the arguments it was made with, for its header."""
+    """Write the report to ``out`` and return it; ``command_args``: the arguments it was made with, for its header.
+    Sections without runs under ``results_dir`` are read from the records beside ``out``."""
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    preset_runs = {task: runs_under(results_dir / task) for task in TASKS}
-    rows = [
-        row for task, (env_id, goal) in TASKS.items()
-        if (row := task_row(task, env_id, goal, preset_runs[task], figures))
-    ]
-    heldout = heldout_rows(results_dir / HELDOUT_DIR)
+    records_dir = out.parent / RECORDS_NAME
+    read, from_records = {}, []
+    for section in sections(results_dir, records_dir):
+        read[section], recorded = section_runs(results_dir, records_dir, section)
+        if recorded:
+            from_records.append(section.as_posix())
+    preset_runs = {task: read[Path(task)] for task in TASKS}
+    rows, drawn = [], []
+    for task, (env_id, goal) in TASKS.items():
+        if row := task_row(task, env_id, goal, preset_runs[task], figures / f"results-{task}.png"):
+            rows.append(row)
+            drawn.append(task)
+    heldout = heldout_rows({task: read[Path(HELDOUT_DIR) / task] for task in TASKS})
     heldout_lines = [
         "## The presets on seeds they were not chosen on",
         "",
@@ -262,13 +292,14 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
             f"(`make results-heldout`), runs under `{display_path(results_dir / HELDOUT_DIR)}`; EvalEpRet as above."
         ),
         "",
-        "| task | seeds | EvalEpRet per seed | mean ± std | env steps | goal | goal met on these seeds "
-        "| best EvalEpRet during training |",
-        "|---|---|---|---|---|---|---|---|",
-        *(markdown_row(r) for r in heldout),
+        *markdown_table(
+            ["task", "seeds", "EvalEpRet per seed", "mean ± std", "env steps", "goal", "goal met on these seeds",
+             "best EvalEpRet during training"],
+            heldout,
+        ),
         "",
     ]
-    general = general_rows(results_dir / GENERAL_DIR)
+    general = general_rows([run for section, runs in read.items() if section.parts[0] == GENERAL_DIR for run in runs])
     general_lines = [
         "## The general preset on every task it was run on",
         "",
@@ -281,45 +312,51 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
             "(`eval.freq`): the best point of the EvalEpRet curve averaged over seeds, ± std over seeds there."
         ),
         "",
-        "| task | seeds | EvalEpRet per seed | mean ± std | env steps | best EvalEpRet during training "
-        f"| {GENERAL_ANCHOR} |",
-        "|---|---|---|---|---|---|---|",
-        *(markdown_row(r) for r in general),
+        *markdown_table(
+            ["task", "seeds", "EvalEpRet per seed", "mean ± std", "env steps", "best EvalEpRet during training",
+             GENERAL_ANCHOR],
+            general,
+        ),
         "",
     ]
+    recorded_note = (
+        f" Sections with no runs there were read from their records in `{RECORDS_NAME}/`, as committed: "
+        + ", ".join(f"`{section}`" for section in from_records) + "."
+        if from_records else ""
+    )
     lines = [
         "# Results at 1M env steps",
         "",
-        f"Made {datetime.now():%Y-%m-%d %H:%M} by `{' '.join(['python -m trpo.results', *command_args])}` on "
-        f"{machine_description()}, from the runs under `{display_path(results_dir)}`: "
+        f"Made {when_and_where()} by `{' '.join(['python -m trpo.results', *command_args])}`, from the runs under "
+        f"`{display_path(results_dir)}`: "
         "`python launch.py -m experiment=<task> seed=0,1,2 overlap_value_fit=false "
         f"logger.mode=disabled {eval_freq_override([r for runs in preset_runs.values() for r in runs])}"
         "hydra.sweep.dir=outputs/results/<task> 'hydra.sweep.subdir=${seed}'`, as `make results` runs them. "
-        f"What this report read from each run is kept in `{RECORDS_NAME}/` beside it.",
+        f"What this report read from each run is kept in `{RECORDS_NAME}/` beside it.{recorded_note}",
         "",
         "EvalEpRet: the final policy's deterministic evaluation, mean over 10 episodes, per seed (0 / 1 / 2). The goal "
         "is judged on it. Best during training: where the runs were evaluated every `eval.freq` epochs too, the "
         "best point of their EvalEpRet curve averaged over seeds, ± std over seeds there (and its env steps): the "
         "figure Tianshou's row below reports.",
         "",
-        "| task | EvalEpRet per seed | mean ± std | env steps | goal | goal met | best EvalEpRet during training |",
-        "|---|---|---|---|---|---|---|",
-        *(markdown_row(r) for r in rows),
+        *markdown_table(
+            ["task", "EvalEpRet per seed", "mean ± std", "env steps", "goal", "goal met",
+             "best EvalEpRet during training"],
+            rows,
+        ),
         "",
         "## Anchors (quoted from their sources, not rerun here)",
         "",
-        "| source | " + " | ".join(env_id for env_id, _ in TASKS.values()) + " |",
-        "|---|" + "---|" * len(TASKS),
-        *(
-            f"| {name} | " + " | ".join(values[env_id] for env_id, _ in TASKS.values()) + " |"
-            for name, values in ANCHORS.items()
+        *markdown_table(
+            ["source", *(env_id for env_id, _ in TASKS.values())],
+            [[name, *(values[env_id] for env_id, _ in TASKS.values())] for name, values in ANCHORS.items()],
         ),
         "",
         *(heldout_lines if heldout else []),
         *(general_lines if general else []),
         "## Learning curves (mean ± std over seeds)",
         "",
-        *(f"![{task}](figures/results-{task}.png)" for task in TASKS if (figures / f"results-{task}.png").exists()),
+        *(f"![{task}](figures/results-{task}.png)" for task in drawn),
         "",
     ]
     text = "\n".join(lines)
