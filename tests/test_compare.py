@@ -117,6 +117,19 @@ def test_flatten_and_differing_keys_pool_seed_and_ignore_logger() -> None:
     assert differing_keys([a, b]) == ["optimizer.delta"]
 
 
+def test_runs_that_learned_alike_share_a_group(tmp_path: Path) -> None:
+    """Keys that change only where the work runs or when it is evaluated, and a number written as 20 or 20.0,
+    do not split runs; a value that changes learning does."""
+    write_run(tmp_path / "0", [1, 2], config={"seed": 0, "overlap_value_fit": True, "optimizer.delta": 20})
+    write_run(tmp_path / "1", [1, 2], config={"seed": 1, "overlap_value_fit": False, "optimizer.delta": 20.0,
+                                             "eval": {"freq": 15}, "sampler": {"workers": 2}})
+    write_run(tmp_path / "2", [1, 2], config={"seed": 0, "optimizer.delta": 0.02})
+    groups = group_runs([read_run(p) for p in find_run_dirs(tmp_path)])
+    assert [(g.label, [r.seed for r in g.runs]) for g in groups] == [
+        ("optimizer.delta=0.02", [0]), ("optimizer.delta=20", [0, 1])
+    ]
+
+
 def test_groups_and_mean_std_against_hand_computed_numbers(sweep: Path, capsys: pytest.CaptureFixture) -> None:
     runs = [read_run(p) for p in find_run_dirs(sweep)]
     groups = group_runs(runs)

@@ -39,8 +39,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-# Keys that never change what a run learns, so they never split runs into groups.
-IGNORED_KEYS = ("seed", "save_freq")
+# Keys that never change what a run learns, so they never split runs into groups: the seed is pooled, and the
+# rest change only when it saves, evaluates or records video, or where its work runs (the same numbers).
+IGNORED_KEYS = ("seed", "save_freq", "eval.freq", "eval.video", "overlap_value_fit", "sampler.workers")
 IGNORED_PREFIXES = ("logger.",)
 
 # Subdirectories that never hold runs; skipping them keeps the search fast (W&B dirs hold many files).
@@ -247,14 +248,19 @@ _TARGET = "._target_"
 
 
 def differing_keys(configs: Sequence[Flat]) -> list[str]:
-    """The config keys whose value is not the same in every config (a key absent somewhere counts), sorted,
-    without the keys that never matter (seed, logger.*, save_freq)."""
+    """The config keys whose value is not the same in every config (a key absent somewhere counts; ``20`` and
+    ``20.0`` are the same), sorted, without the keys that never matter (:data:`IGNORED_KEYS`, ``logger.*``)."""
     keys = sorted({key for config in configs for key in config})
     return [
         key
         for key in keys
-        if not is_ignored(key) and len({repr(config.get(key, _MISSING)) for config in configs}) > 1
+        if not is_ignored(key) and len({value_key(config.get(key, _MISSING)) for config in configs}) > 1
     ]
+
+
+def value_key(value: Any) -> str:
+    """A config value as grouping compares it: numbers by value (see :func:`same_value`), others by ``repr``."""
+    return repr(float(value)) if is_number(value) else repr(value)
 
 
 def is_number(value: Any) -> bool:
@@ -389,9 +395,9 @@ def group_runs(runs: Sequence[Run], conf_dir: Path = CONF_DIR) -> list[Group]:
     def values(run: Run) -> list[Any]:
         return [run.config.get(key, _MISSING) for key in keys]
 
-    by_values: dict[str, list[Run]] = {}  # insertion-ordered: sorting the runs first sorts the groups
+    by_values: dict[tuple[str, ...], list[Run]] = {}  # insertion-ordered: sorting the runs first sorts the groups
     for run in sorted(with_config, key=lambda run: [value_sort_key(v) for v in values(run)]):
-        by_values.setdefault(plain_label(run.config, keys), []).append(run)
+        by_values.setdefault(tuple(value_key(v) for v in values(run)), []).append(run)
     members = list(by_values.values())
     labels = group_labels([group[0].config for group in members], conf_dir)
     groups = [Group(label, group) for label, group in zip(labels, members)]
