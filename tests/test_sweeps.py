@@ -171,6 +171,14 @@ def test_scan_ignores_files_left_by_an_earlier_sweep(tmp_path: Path) -> None:
     assert "1 jobs, 0 completed, 1 failed" in format_summary(sweep_dir, records)
 
 
+def test_the_summary_shows_paths_as_typed_below_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "s"
+    (fake_job(sweep_dir, 1, ["optimizer.delta=-1"]) / "error.txt").write_text("optimizer.delta=-1 is not allowed\n")
+    monkeypatch.chdir(tmp_path)
+    summary = format_summary(sweep_dir, scan_sweep(sweep_dir))
+    assert "failed  (outputs/sweeps/s)" in summary and "[outputs/sweeps/s/1]" in summary
+
+
 # -- the real command, with each launcher -----------------------------------------------------------------------
 
 

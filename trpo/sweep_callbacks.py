@@ -51,7 +51,6 @@ class JobRecord:
     status: str  # COMPLETED | FAILED | UNFINISHED (started, but never reported an end: killed, timed out)
     overrides: list[str] = field(default_factory=list)
     error: str = ""
-    return_value: Optional[float] = None
 
     @property
     def failed(self) -> bool:
@@ -111,14 +110,9 @@ class SweepSummary(Callback):
         job_dir = Path(str(config.hydra.runtime.output_dir))
         num = OmegaConf.select(config, "hydra.job.num", default=None)
         overrides = list(job_return.overrides or [])
-        result = job_return._return_value  # the public property re-raises a failure, which we only record
         record: dict[str, Any] = {"num": num, "status": job_return.status.name, "overrides": overrides}
-        if job_return.status == JobStatus.COMPLETED:
-            try:
-                record["return_value"] = float(result)
-            except (TypeError, ValueError):
-                record["return_value"] = None
-        else:
+        if job_return.status != JobStatus.COMPLETED:
+            result = job_return._return_value  # the public property re-raises the failure, which we only record
             message = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else str(result)
             error_file = job_dir / ERROR_FILE
             if not error_file.exists():  # run_from_hydra writes its own for a refused config or a crash
@@ -153,7 +147,6 @@ def scan_sweep(sweep_dir: Path, since: float = 0.0) -> list[JobRecord]:
                 status=status,
                 overrides=[str(o) for o in overrides],
                 error=error,
-                return_value=saved.get("return_value", None),
             )
         )
     return sorted(records, key=lambda r: (r.num is None, r.num if r.num is not None else 0, str(r.job_dir)))
@@ -163,7 +156,7 @@ def format_summary(sweep_dir: Path, records: list[JobRecord]) -> str:
     """A few lines: the counts, then each failed job's number, its own overrides, its dir and its error."""
     failed = [r for r in records if r.failed]
     head = f"Sweep summary: {len(records)} jobs, {len(records) - len(failed)} completed, {len(failed)} failed"
-    lines = [f"{head}  ({sweep_dir})"]
+    lines = [f"{head}  ({_shown(sweep_dir)})"]
     if not failed:
         return lines[0]
     # The overrides shared by every job (env=..., epochs=...) say nothing about which job this is.
@@ -172,9 +165,17 @@ def format_summary(sweep_dir: Path, records: list[JobRecord]) -> str:
         own = [o for o in r.overrides if o not in common and not o.startswith("hydra.")] or r.overrides
         label = "FAILED" if r.status == "FAILED" else "UNFINISHED (no end reported: killed or timed out?)"
         lines.append(f"  {label} job #{r.num}: {' '.join(own)}")
-        lines.append(f"      {r.error or 'no error.txt'}  [{r.job_dir}]")
+        lines.append(f"      {r.error or 'no error.txt'}  [{_shown(r.job_dir)}]")
     lines.append(f"sweep failed: {len(failed)} of {len(records)} jobs did not complete (their error.txt says why)")
     return "\n".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it lies below it, as the user typed the sweep dir."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _fresh(path: Path, since: float) -> bool:
