@@ -337,6 +337,7 @@ def test_resume_with_a_checkpoint_of_another_env_is_refused(tmp_path: Path, cart
         ("sampler.normalize_obs=true", "normalize_obs"),
         ("sampler.normalize_rewards=true", "normalize_rewards"),
         ("sampler.clip_actions=false", "clip_actions"),
+        ("env.max_ep_len=100", "env.max_ep_len"),
         ("optimizer.delta=0.02", "optimizer.delta"),
         ("optimizer.lam=0.9", "optimizer.lam"),
         ("policy.init_log_std=0.0", "policy.init_log_std"),
@@ -366,6 +367,15 @@ def test_finished_run_relaunched_with_another_config_is_refused_not_reported(
     changed = compose_config([*CARTPOLE, "optimizer.delta=0.02", "logger.mode=disabled"])
     with pytest.raises(CheckpointError, match="optimizer.delta=0.01, but this run has optimizer.delta=0.02"):
         Runner(changed, RunIdentity(run_dir)).run()
+
+
+def test_a_run_with_a_linear_schedule_is_not_extended_to_more_epochs(tmp_path: Path) -> None:
+    """Its critic's learning rate was set to reach 0 at epoch 2: a third epoch would restart it near its top."""
+    args = [*CARTPOLE, "optimizer.vf_lr_schedule=linear", "logger.mode=disabled"]
+    Runner(compose_config(args), RunIdentity(tmp_path)).run()
+    with pytest.raises(CheckpointError, match="epochs=2, but this run has epochs=3: its linear schedules"):
+        Runner(compose_config([*args, "epochs=3"]), RunIdentity(tmp_path)).run()
+    assert len(read_rows(tmp_path)) == 2
 
 
 def test_a_run_that_goes_on_clears_an_earlier_attempts_error(tmp_path: Path, cartpole_run: Path) -> None:

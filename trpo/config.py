@@ -237,12 +237,13 @@ def env_kwargs(cfg: DictConfig) -> dict:
 
 
 def training_keys(cfg: DictConfig) -> dict:
-    """The config keys, by their dotted names, that a checkpoint can only be continued or evaluated with: the env
-    and its constructor arguments, the whole policy and update rule, how actions are clipped, the shape of the
+    """The config keys, by their dotted names, that a checkpoint can only be continued or evaluated with: the env,
+    its time limit and its constructor arguments, the whole policy and update rule, how actions are clipped, the shape of the
     batch, and whether observations and rewards are normalised (the networks were trained on the normalised ones,
     and the statistics are in the checkpoint or not). ``epochs``, ``eval.*`` and the loggers may change."""
     return {
         "env.id": cfg.env.id,
+        "env.max_ep_len": cfg.env.max_ep_len,
         "env.kwargs": env_kwargs(cfg),
         **{f"policy.{key}": value for key, value in OmegaConf.to_container(cfg.policy, resolve=True).items()},
         **{f"optimizer.{key}": value for key, value in OmegaConf.to_container(cfg.optimizer, resolve=True).items()},
@@ -252,6 +253,16 @@ def training_keys(cfg: DictConfig) -> dict:
         "sampler.normalize_rewards": cfg.sampler.normalize_rewards,
         "steps_per_epoch": cfg.steps_per_epoch,
     }
+
+
+def has_schedule(cfg: DictConfig) -> bool:
+    """Whether anything in the run is annealed over its ``epochs`` (the critic's learning rate, the KL limit, the
+    Gaussian's log-std): such a run cannot be extended to more epochs without its schedule jumping."""
+    return (
+        cfg.policy.get("final_log_std") is not None
+        or cfg.optimizer.get("vf_lr_schedule") == "linear"
+        or cfg.optimizer.get("delta_schedule") == "linear"
+    )
 
 
 def check_group_options(args: list[str], conf_dir: Path) -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from trpo.config import ConfigError, env_kwargs, training_keys, validate
+from trpo.config import ConfigError, env_kwargs, has_schedule, training_keys, validate
 from trpo.envs import make_env_batch
 from trpo.evaluation import EVAL_SEED_OFFSET, evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
@@ -79,6 +79,13 @@ class Runner:
         checkpoint = load_checkpoint(self.run_dir) if (self.run_dir / CHECKPOINT_NAME).exists() else None
         if checkpoint is not None:
             check_compatible(checkpoint, training_keys(cfg))
+            planned = checkpoint.get("epochs", cfg.epochs)  # older checkpoints did not record it
+            if planned != cfg.epochs and has_schedule(cfg):
+                raise CheckpointError(
+                    f"checkpoint was trained with epochs={planned}, but this run has epochs={cfg.epochs}: its linear "
+                    "schedules (vf_lr_schedule, delta_schedule, final_log_std) would jump; train the longer run in "
+                    "another run dir"
+                )
         (self.run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure, which this one ends
         if checkpoint is not None and checkpoint["epoch"] >= cfg.epochs:
             if checkpoint["eval_ep_ret"] is None:
@@ -243,6 +250,7 @@ class Runner:
                 self.run_dir,
                 {
                     "epoch": epoch + 1,
+                    "epochs": cfg.epochs,  # the schedules' horizon
                     "elapsed": time.perf_counter() - start,
                     "skipped_updates": skipped_updates,
                     "eval_ep_ret": row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
