@@ -238,9 +238,10 @@ def env_kwargs(cfg: DictConfig) -> dict:
 
 def training_keys(cfg: DictConfig) -> dict:
     """The config keys, by their dotted names, that a checkpoint can only be continued or evaluated with: the env,
-    its time limit and its constructor arguments, the whole policy and update rule, how actions are clipped, the shape of the
-    batch, and whether observations and rewards are normalised (the networks were trained on the normalised ones,
-    and the statistics are in the checkpoint or not). ``epochs``, ``eval.*`` and the loggers may change."""
+    its time limit and its constructor arguments, the whole policy and update rule, how actions are clipped, the
+    shape of the batch, and whether observations and rewards are normalised (the networks were trained on the
+    normalised ones, and the statistics are in the checkpoint or not). ``eval.*`` and the loggers may change, and
+    ``epochs`` where nothing is scheduled over them (see :func:`has_schedule`)."""
     return {
         "env.id": cfg.env.id,
         "env.max_ep_len": cfg.env.max_ep_len,
