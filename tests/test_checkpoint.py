@@ -338,6 +338,7 @@ def test_resume_with_a_checkpoint_of_another_env_is_refused(tmp_path: Path, cart
         ("sampler.normalize_rewards=true", "normalize_rewards"),
         ("sampler.clip_actions=false", "clip_actions"),
         ("env.max_ep_len=100", "env.max_ep_len"),
+        ("seed=1", "seed"),
         ("optimizer.delta=0.02", "optimizer.delta"),
         ("optimizer.lam=0.9", "optimizer.lam"),
         ("policy.init_log_std=0.0", "policy.init_log_std"),
@@ -367,6 +368,31 @@ def test_finished_run_relaunched_with_another_config_is_refused_not_reported(
     changed = compose_config([*CARTPOLE, "optimizer.delta=0.02", "logger.mode=disabled"])
     with pytest.raises(CheckpointError, match="optimizer.delta=0.01, but this run has optimizer.delta=0.02"):
         Runner(changed, RunIdentity(run_dir)).run()
+
+
+def test_a_checkpoint_from_before_the_key_names_changed_is_still_checked(tmp_path: Path, cartpole_run: Path) -> None:
+    """Checkpoints written before 2026-11-28 name env_id, hidden_sizes and activation so."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    checkpoint["model"] = {"env_id": "CartPole-v1", "hidden_sizes": [64, 64], "activation": "tanh"}
+    save_checkpoint(run_dir, {k: v for k, v in checkpoint.items() if k != "format"})
+    cfg = compose_config([*CARTPOLE, "epochs=3", "policy.activation=relu", "logger.mode=disabled"])
+    with pytest.raises(CheckpointError, match="policy.activation='tanh', but this run has policy.activation='relu'"):
+        Runner(cfg, RunIdentity(run_dir)).run()
+
+
+def test_a_refused_relaunch_leaves_the_run_as_it_was_trained(tmp_path: Path) -> None:
+    """Hydra saves the relaunch's config into the run's .hydra/ before the refusal: the trained one is put back,
+    so the run still evaluates (and compares) as what it is."""
+    run_dir = tmp_path / "run"
+    args = ["env=cartpole", *TINY, "sampler.num_envs=2", f"hydra.run.dir={run_dir}"]
+    assert launch(args).returncode == 0
+    trained = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert_one_line_refusal(launch([*args, "optimizer.delta=0.02"]), "optimizer.delta=0.01", "another run dir")
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml") == trained
+    evaluated = launch(["task=eval", f"checkpoint={run_dir}", "logger.mode=disabled", f"hydra.run.dir={tmp_path}/e"])
+    assert evaluated.returncode == 0, evaluated.stderr
 
 
 def test_a_run_with_a_linear_schedule_is_not_extended_to_more_epochs(tmp_path: Path) -> None:

@@ -91,15 +91,15 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
     # The first two epochs pay for warm-up (process starts, allocator); report the steady state after them.
     first = 2 if len(table["Epoch"]) > 2 else 0
     steady = {name: column[first:] for name, column in table.items()}
-    epochs = len(steady["Epoch"])
-    steps = float(table["TotalEnvInteracts"][0]) * epochs
+    steady_epochs = len(steady["Epoch"])
+    steps = float(table["TotalEnvInteracts"][0]) * steady_epochs
     sample, update = float(steady["SampleTime"].sum()), float(steady["UpdateTime"].sum())
     return {
         "steps_per_s": steps / (sample + update),
-        "sample_s_per_epoch": sample / epochs,
-        "update_s_per_epoch": update / epochs,
+        "sample_s_per_epoch": sample / steady_epochs,
+        "update_s_per_epoch": update / steady_epochs,
         "update_fraction": update / (sample + update),
-        "value_fit_s_per_epoch": float(np.nansum(steady["ValueFitTime"])) / epochs,
+        "value_fit_s_per_epoch": float(np.nansum(steady["ValueFitTime"])) / steady_epochs,
         "sampling_steps_per_s": steps / sample,
         "peak_pss_mib": peak[0] / 2**20,
         "peak_rss_mib": peak[1] / 2**20,

@@ -14,6 +14,8 @@ import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+# The keys of checkpoints written before 2026-11-28, under the names their config keys have.
+LEGACY_NAMES = {"env_id": "env.id", "hidden_sizes": "policy.hidden_sizes", "activation": "policy.activation"}
 
 
 class CheckpointError(RuntimeError):
@@ -49,10 +51,9 @@ def check_compatible(checkpoint: dict[str, Any], training_keys: dict[str, Any]) 
     """Refuse a checkpoint trained with other values of ``training_keys`` (config keys by their dotted names: the
     env, the policy, the update rule, the batch, the normalisation), naming the first key that differs. Keys an
     older checkpoint lacks are not checked."""
-    saved = checkpoint["model"]
+    saved = {LEGACY_NAMES.get(key, key): value for key, value in checkpoint["model"].items()}
     for key, value in training_keys.items():
         if key in saved and saved[key] != value:
             raise CheckpointError(
-                f"checkpoint was trained with {key}={saved[key]!r}, but this run has {key}={value!r} "
-                "(train that config in another run dir)"
+                f"checkpoint was trained with {key}={saved[key]!r}, but this run has {key}={value!r}"
             )

@@ -4,8 +4,9 @@ Each DIR is a sweep dir (``launch.py -m``), a single run dir, or any dir holding
 A run is a dir with ``progress.csv`` and/or ``.hydra/config.yaml``; a run with ``error.txt`` is listed as failed.
 
 Runs are grouped by the config values that differ between them, with the seed pooled: the flattened configs
-of all runs are compared key by key, keys that never change what is learned (``seed``, ``logger.*``,
-``save_freq``) are dropped, and runs that agree on the remaining differing keys form one group, labelled
+of all runs are compared key by key (numbers by value: ``20`` is ``20.0``), keys that never change what is learned
+(:data:`IGNORED_KEYS`, ``logger.*``) are dropped, and runs that agree on the remaining differing keys form one group,
+labelled
 like ``optimizer.delta=0.05``. Runs that differ by a config group choice (``optimizer=trpo`` vs
 ``optimizer=vpg``) are labelled by the update rule's name instead, like ``TRPO`` or ``VPG pi_lr=0.01``
 (see :func:`group_labels`).
@@ -259,7 +260,8 @@ def differing_keys(configs: Sequence[Flat]) -> list[str]:
 
 
 def value_key(value: Any) -> str:
-    """A config value as grouping compares it: numbers by value (see :func:`same_value`), others by ``repr``."""
+    """A config value as grouping compares it: numbers by value (``1`` is ``1.0``), others, bools among them, by
+    ``repr``."""
     return repr(float(value)) if is_number(value) else repr(value)
 
 
@@ -288,7 +290,7 @@ def value_sort_key(value: Any) -> tuple:
 
 def same_value(a: Any, b: Any) -> bool:
     """Config values equal as one would read them: ``1`` equals ``1.0``; ``true`` is not ``1``."""
-    return float(a) == float(b) if is_number(a) and is_number(b) else repr(a) == repr(b)
+    return value_key(a) == value_key(b)
 
 
 def plain_label(config: Flat, keys: Sequence[str]) -> str:

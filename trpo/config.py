@@ -237,28 +237,34 @@ def env_kwargs(cfg: DictConfig) -> dict:
 
 
 def training_keys(cfg: DictConfig) -> dict:
-    """The config keys, by their dotted names, that a checkpoint can only be continued or evaluated with: the env,
-    its time limit and its constructor arguments, the whole policy and update rule, how actions are clipped, the
-    shape of the batch, and whether observations and rewards are normalised (the networks were trained on the
-    normalised ones, and the statistics are in the checkpoint or not). ``eval.*`` and the loggers may change, and
-    ``epochs`` where nothing is scheduled over them (see :func:`has_schedule`)."""
+    """The config keys, by their dotted names, that a checkpoint can only be continued or evaluated with: the seed,
+    the env, its time limit and its constructor arguments, the whole policy and update rule, how actions are
+    clipped, the shape of the batch, and whether observations and rewards are normalised (the networks were trained
+    on the normalised ones, and the statistics are in the checkpoint or not). What may change: ``eval.*``, the
+    loggers, ``save_freq``, and where the work runs (``torch_threads``, ``overlap_value_fit``,
+    ``sampler.workers``); ``epochs`` too where nothing is scheduled over them (see :func:`has_schedule`). A key an
+    older config lacks is None here (older checkpoints lack it too, and are not checked on it)."""
+
+    def select(key: str) -> Any:
+        return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
     return {
-        "env.id": cfg.env.id,
-        "env.max_ep_len": cfg.env.max_ep_len,
+        "seed": select("seed"),
+        "env.id": select("env.id"),
+        "env.max_ep_len": select("env.max_ep_len"),
         "env.kwargs": env_kwargs(cfg),
         **{f"policy.{key}": value for key, value in OmegaConf.to_container(cfg.policy, resolve=True).items()},
         **{f"optimizer.{key}": value for key, value in OmegaConf.to_container(cfg.optimizer, resolve=True).items()},
-        "sampler.num_envs": cfg.sampler.num_envs,
-        "sampler.clip_actions": cfg.sampler.clip_actions,
-        "sampler.normalize_obs": cfg.sampler.normalize_obs,
-        "sampler.normalize_rewards": cfg.sampler.normalize_rewards,
-        "steps_per_epoch": cfg.steps_per_epoch,
+        **{key: select(key) for key in (
+            "sampler.num_envs", "sampler.clip_actions", "sampler.normalize_obs", "sampler.normalize_rewards",
+            "steps_per_epoch",
+        )},
     }
 
 
 def has_schedule(cfg: DictConfig) -> bool:
     """Whether anything in the run is annealed over its ``epochs`` (the critic's learning rate, the KL limit, the
-    Gaussian's log-std): such a run cannot be extended to more epochs without its schedule jumping."""
+    Gaussian's log-std): such a run cannot be continued with other ``epochs`` without its schedules jumping."""
     return (
         cfg.policy.get("final_log_std") is not None
         or cfg.optimizer.get("vf_lr_schedule") == "linear"

@@ -107,14 +107,14 @@ def format_return(value: float, scale: Optional[float] = None) -> str:
     return f"{value:.0f}" if abs(value if scale is None else scale) >= 100 else f"{value:.1f}"
 
 
-def seed_cells(runs: Sequence[Run]) -> tuple[str, str, str, np.ndarray]:
+def seed_cells(runs: Sequence[Run]) -> tuple[str, str, str]:
     """EvalEpRet per seed ("unfinished" where a run has none), mean ± std over the finished runs (n/a for fewer
-    than two), env steps reached, and the finished runs' EvalEpRet."""
+    than two), and the env steps reached."""
     finals = [r.eval_return for r in runs]
     seeds = " / ".join(format_return(v) if v is not None else "unfinished" for v in finals)
     done = np.array([v for v in finals if v is not None])
     mean_std = f"{format_return(done.mean())} ± {format_return(done.std(), done.mean())}" if len(done) > 1 else "n/a"
-    return seeds, mean_std, f"{max(r.steps_reached for r in runs):,}", done
+    return seeds, mean_std, f"{max(r.steps_reached for r in runs):,}"
 
 
 def best_during_training(runs: Sequence[Run]) -> str:
@@ -157,7 +157,7 @@ def task_row(task: str, env_id: str, goal: float, runs: Sequence[Run], figure: P
     if not runs:
         return None
     plot_curves([Group(f"TRPO, experiment={task}", runs)], figure, title=f"{env_id}")
-    seeds, mean_std, steps, _ = seed_cells(runs)
+    seeds, mean_std, steps = seed_cells(runs)
     met = tuple(r.seed for r in runs) == GOAL_SEEDS and meets_goal(runs, goal)
     return [env_id, seeds, mean_std, steps, goal_cell(goal), "yes" if met else "no", best_during_training(runs)]
 
@@ -170,7 +170,7 @@ def heldout_rows(heldout_runs: dict[str, list[Run]]) -> list[list[str]]:
         runs = heldout_runs[task]
         if not runs:
             continue
-        seeds, mean_std, steps, _ = seed_cells(runs)
+        seeds, mean_std, steps = seed_cells(runs)
         met = meets_goal(runs, goal)
         rows.append([
             env_id, seed_list(runs), seeds, mean_std, steps, goal_cell(goal), "yes" if met else "no",
@@ -188,7 +188,7 @@ def general_rows(general_runs: Sequence[Run]) -> list[list[str]]:
     rows = []
     for env_id in sorted(by_env):
         runs = by_seed(by_env[env_id])
-        seeds, mean_std, steps, _ = seed_cells(runs)
+        seeds, mean_std, steps = seed_cells(runs)
         rows.append([
             env_id, seed_list(runs), seeds, mean_std, steps, best_during_training(runs),
             GENERAL_ANCHORS.get(env_id, "n/a"),

@@ -78,14 +78,7 @@ class Runner:
         seed_everything(cfg.seed)
         checkpoint = load_checkpoint(self.run_dir) if (self.run_dir / CHECKPOINT_NAME).exists() else None
         if checkpoint is not None:
-            check_compatible(checkpoint, training_keys(cfg))
-            planned = checkpoint.get("epochs", cfg.epochs)  # older checkpoints did not record it
-            if planned != cfg.epochs and has_schedule(cfg):
-                raise CheckpointError(
-                    f"checkpoint was trained with epochs={planned}, but this run has epochs={cfg.epochs}: its linear "
-                    "schedules (vf_lr_schedule, delta_schedule, final_log_std) would jump; train the longer run in "
-                    "another run dir"
-                )
+            self._check_continuable(checkpoint)
         (self.run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure, which this one ends
         if checkpoint is not None and checkpoint["epoch"] >= cfg.epochs:
             if checkpoint["eval_ep_ret"] is None:
@@ -97,6 +90,26 @@ class Runner:
             return checkpoint["eval_ep_ret"]
         with contextlib.ExitStack() as cleanup:  # closes what was built, last first, however the run ends
             return self._train(checkpoint, cleanup)
+
+    def _check_continuable(self, checkpoint: dict) -> None:
+        """Refuse to continue ``checkpoint`` with this config where a key it was trained with differs, or where
+        other ``epochs`` would make its schedules jump. Hydra has by then saved this config as the run's
+        ``.hydra/config.yaml``: a refusal puts back the one the checkpoint was trained with, so the run can still
+        be evaluated, resumed and compared as it is."""
+        cfg = self.cfg
+        try:
+            check_compatible(checkpoint, training_keys(cfg))
+            planned = checkpoint.get("epochs", cfg.epochs)  # older checkpoints did not record it
+            if planned != cfg.epochs and has_schedule(cfg):
+                raise CheckpointError(
+                    f"checkpoint was trained with epochs={planned}, but this run has epochs={cfg.epochs}: its linear "
+                    "schedules (vf_lr_schedule, delta_schedule, final_log_std) would jump"
+                )
+        except CheckpointError as error:
+            saved_config = self.run_dir / ".hydra" / "config.yaml"
+            if "config" in checkpoint and saved_config.is_file():
+                saved_config.write_text(checkpoint["config"])
+            raise CheckpointError(f"{error} (train this config in another run dir)") from None
 
     def _train(self, checkpoint: dict | None, cleanup: contextlib.ExitStack) -> float:
         """Build the envs, networks, sampler and loggers (restored from ``checkpoint``, if any), registering each
@@ -251,6 +264,7 @@ class Runner:
                 {
                     "epoch": epoch + 1,
                     "epochs": cfg.epochs,  # the schedules' horizon
+                    "config": OmegaConf.to_yaml(cfg),  # what .hydra/config.yaml said, to put back on a refusal
                     "elapsed": time.perf_counter() - start,
                     "skipped_updates": skipped_updates,
                     "eval_ep_ret": row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's

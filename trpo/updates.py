@@ -175,8 +175,9 @@ class _KLLimitedRule(UpdateRule):
             :meth:`anneal`), the trust-region analogue of a decaying learning rate: late updates move the policy
             less, so the run ends on a settled policy rather than mid-oscillation.
         natural_lr: ``None`` (TRPO's step, always to the KL limit of its quadratic model), or :math:`\eta`: the
-            step is at most the natural-gradient step :math:`\eta H^{-1} g` on the advantages as estimated and
-            centred (normalisation's division undone, its mean shift kept; see :func:`~trpo.trust_region.max_step`).
+            step is at most the natural-gradient step :math:`\eta H^{-1} g` on the advantages as estimated (with
+            ``normalize_advantages``, centred: normalisation's division undone, its mean shift kept; see
+            :func:`~trpo.trust_region.max_step`).
             During learning the KL limit is the tighter bound, so the step is TRPO's; once the advantages are near
             zero (a solved task) the step shrinks with them instead of moving the policy a full :math:`\delta` along
             noise. With rewards scaled, 10-50 (docs/trpo.md, 2.2: 10 slowed HalfCheetah, 50 let InvertedPendulum
@@ -209,7 +210,8 @@ class _KLLimitedRule(UpdateRule):
             self.delta = self.initial_delta * (1.0 - progress)
 
     def natural_gradient_step(self, batch: Batch) -> _NaturalGradientStep:
-        # x is H^-1 g of the normalised advantages: eta H^-1 g of the centred estimated ones is eta * scale * x.
+        # x is H^-1 g of the advantages the step sees; normalised ones were divided by their std (advantage_scale,
+        # else 1), so eta H^-1 g of the (centred) estimates is eta * advantage_scale * x.
         max_multiplier = math.inf if self.natural_lr is None else self.natural_lr * batch.advantage_scale
         return _NaturalGradientStep(self.policy, batch, self.damping_coeff, self.cg_iters, self.delta, max_multiplier)
 
