@@ -6,8 +6,7 @@ A run is a dir with ``progress.csv`` and/or ``.hydra/config.yaml``; a run with `
 Runs are grouped by the config values that differ between them, with the seed pooled: the flattened configs
 of all runs are compared key by key (numbers by value: ``20`` is ``20.0``), keys that never change what is learned
 (:data:`IGNORED_KEYS`, ``logger.*``) are dropped, and runs that agree on the remaining differing keys form one group,
-labelled
-like ``optimizer.delta=0.05``. Runs that differ by a config group choice (``optimizer=trpo`` vs
+labelled like ``optimizer.delta=0.05``. Runs that differ by a config group choice (``optimizer=trpo`` vs
 ``optimizer=vpg``) are labelled by the update rule's name instead, like ``TRPO`` or ``VPG pi_lr=0.01``
 (see :func:`group_labels`).
 
