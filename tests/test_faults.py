@@ -60,7 +60,7 @@ def snapshot(update_rule) -> tuple:
 # 7. Non-finite numbers ------------------------------------------------------------------------------------------
 
 
-def inject_nan_rewards(monkeypatch, poisoned_step, field: str = "rewards") -> None:
+def inject_nan(monkeypatch, poisoned_step, field: str = "rewards") -> None:
     """EnvBatch.step returns NaN in env 0's entry of ``field`` (its reward, or with ``field="obs"`` its
     observation) at the lockstep steps where ``poisoned_step(t)`` is true."""
     real_step = trpo.envs.EnvBatch.step
@@ -112,7 +112,7 @@ def record_updates(monkeypatch) -> list[dict]:
     ],
 )
 def test_one_epoch_of_nan_rewards_skips_that_update_only(tmp_path: Path, monkeypatch, extra: list[str]) -> None:
-    inject_nan_rewards(monkeypatch, lambda t: t == STEPS_PER_EPOCH + 50)  # one reward, in epoch 1
+    inject_nan(monkeypatch, lambda t: t == STEPS_PER_EPOCH + 50)  # one reward, in epoch 1
     updates = record_updates(monkeypatch)
     cfg = compose_config([*CARTPOLE, "epochs=4", *extra])
     result = Runner(cfg, RunIdentity(tmp_path)).run()
@@ -133,7 +133,7 @@ def test_one_nan_observation_skips_that_update_and_leaves_the_obs_statistics_fin
 ) -> None:
     """Pendulum's episodes last 200 steps, one epoch of 2 x 200: the NaN action that the NaN observation brings
     keeps env 0 NaN until its episode ends with epoch 1, and later epochs must train on finite statistics."""
-    inject_nan_rewards(monkeypatch, lambda t: t == STEPS_PER_EPOCH + 50, field="obs")
+    inject_nan(monkeypatch, lambda t: t == STEPS_PER_EPOCH + 50, field="obs")
     updates = record_updates(monkeypatch)
     pendulum = ["env=pendulum" if arg == "env=cartpole" else arg for arg in CARTPOLE]
     cfg = compose_config([*pendulum, "epochs=4", "sampler.normalize_obs=true"])
@@ -147,7 +147,7 @@ def test_one_nan_observation_skips_that_update_and_leaves_the_obs_statistics_fin
 
 
 def test_persistent_nan_stops_the_run_with_the_last_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
-    inject_nan_rewards(monkeypatch, lambda t: t >= STEPS_PER_EPOCH)  # every epoch from epoch 1 on
+    inject_nan(monkeypatch, lambda t: t >= STEPS_PER_EPOCH)  # every epoch from epoch 1 on
     updates = record_updates(monkeypatch)
     cfg = compose_config([*CARTPOLE, "epochs=8", "save_freq=1"])
     with pytest.raises(NonFiniteError, match="non-finite") as error:
