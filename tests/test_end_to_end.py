@@ -156,7 +156,7 @@ def test_progress_prints_plain_lines_off_a_terminal(capsys: pytest.CaptureFixtur
     from trpo.runner import Progress
 
     progress = Progress(total_steps=800)
-    progress.update({"Epoch": 0, "TotalEnvInteracts": 400, "AverageEpRet": 12.5, "KL": 0.0091, "Time": 1.0})
+    progress.log({"Epoch": 0, "TotalEnvInteracts": 400, "AverageEpRet": 12.5, "KL": 0.0091, "Time": 1.0})
     progress.close()
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1

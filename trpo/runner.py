@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,14 +25,14 @@ from tqdm import tqdm
 from trpo.buffer import RolloutBuffer
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from trpo.config import ConfigError, env_kwargs, has_schedule, training_keys, validate
-from trpo.envs import make_env_batch
+from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
 from trpo.evaluation import EVAL_SEED_OFFSET, evaluate
 from trpo.loggers import EPOCH_KEYS, CSVLogger, WandbLogger
-from trpo.networks import ValueFunction, make_policy
+from trpo.networks import Policy, ValueFunction, make_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler
 from trpo.sampler import EpisodeRecord, Sampler
-from trpo.updates import finite_outcome
-from trpo.value_fit import make_value_fit
+from trpo.updates import UpdateRule, finite_outcome
+from trpo.value_fit import ChildProcessValueFit, InlineValueFit, make_value_fit
 
 
 @dataclass
@@ -112,8 +112,89 @@ class Runner:
             raise CheckpointError(f"{error} (train this config in another run dir)") from None
 
     def _train(self, checkpoint: dict | None, cleanup: contextlib.ExitStack) -> float:
-        """Build the envs, networks, sampler and loggers (restored from ``checkpoint``, if any), registering each
-        with ``cleanup`` as it is built, and train the remaining epochs."""
+        """Build the run's parts (restored from ``checkpoint``, if any) and its loggers, registering each with
+        ``cleanup`` as it is built, and train the remaining epochs."""
+        cfg = self.cfg
+        parts = self._build(cleanup)
+        state = self._restore(parts, checkpoint) if checkpoint is not None else TrainingState()
+        keep_progress_rows(self.run_dir / "progress.csv", state.epoch)
+        # Before the loggers: the fit's child process is forked from this one before W&B starts its threads.
+        value_fit = make_value_fit(parts.update_rule, background=cfg.overlap_value_fit)
+        cleanup.callback(value_fit.close)
+        csv_logger = CSVLogger(self.run_dir / "progress.csv", EPOCH_KEYS + ["EvalEpRet"])
+        cleanup.callback(csv_logger.close)
+        wandb_logger = WandbLogger(
+            self.run_dir,
+            OmegaConf.to_container(cfg, resolve=True),
+            mode=cfg.logger.mode,
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=self.identity.group,
+            tags=cfg.logger.tags,
+            name=self.identity.name,
+            run_id=state.wandb_run_id,
+        )
+        exit_code = 1  # what W&B records for the run, unless it returns
+        cleanup.callback(lambda: wandb_logger.close(exit_code))
+        progress = Progress(cfg.epochs * parts.buffer.steps * parts.envs.num_envs)
+        cleanup.callback(progress.close)
+        epoch_log = EpochLog(value_fit, (csv_logger, wandb_logger, progress), state.skipped_updates)
+        policy, update_rule, buffer = parts.policy, parts.update_rule, parts.buffer
+        start = time.perf_counter() - state.elapsed
+        # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
+        # A skipped policy step drops its epoch's value fit too (keep=False).
+        waiting: tuple[dict, dict | None] | None = None
+        for epoch in range(state.epoch, cfg.epochs):
+            epoch_start = time.perf_counter()
+            policy.anneal(epoch / cfg.epochs)
+            episodes = parts.sampler.collect(buffer)
+            if waiting is not None:
+                epoch_log.complete(*waiting)
+                waiting = None
+            # Only now: the previous epoch's value fit, which may have run until here, keeps its own rate.
+            update_rule.anneal(epoch / cfg.epochs)
+            batch, values = buffer.compute_batch(
+                parts.value_function, update_rule.gamma, update_rule.lam, update_rule.vf_target
+            )
+            update_start = time.perf_counter()
+            value_fit.start(batch)  # V's regression needs only the batch: it runs beside the policy step
+            policy_stats = guarded_policy_step(update_rule, batch)
+            update_end = time.perf_counter()
+            row = {
+                "Epoch": epoch,
+                **episode_stats(episodes),
+                "VVals": float(values.mean()),
+                "TotalEnvInteracts": (epoch + 1) * buffer.steps * parts.envs.num_envs,
+                **(policy_stats or {}),
+                "Time": update_end - start,
+                "SampleTime": update_start - epoch_start,
+                "UpdateTime": update_end - update_start,
+            }
+            last_epoch = epoch == cfg.epochs - 1
+            if last_epoch or (cfg.eval.freq > 0 and (epoch + 1) % cfg.eval.freq == 0):
+                row["EvalEpRet"] = self._evaluate(parts)
+            saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
+            if value_fit.overlaps_sampling and not saves:
+                waiting = (row, policy_stats)
+                continue
+            # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
+            epoch_log.complete(row, policy_stats)
+            self._save(
+                parts,
+                TrainingState(
+                    epoch=epoch + 1,
+                    elapsed=time.perf_counter() - start,
+                    wandb_run_id=wandb_logger.run_id,
+                    skipped_updates=epoch_log.skipped_updates,
+                ),
+                eval_ep_ret=row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
+            )
+        wandb_logger.summary({"EvalEpRet": row["EvalEpRet"]})
+        exit_code = 0
+        return row["EvalEpRet"]
+
+    def _build(self, cleanup: contextlib.ExitStack) -> RunParts:
+        """The envs, networks, update rule, normalisers, sampler and buffer that the config describes."""
         cfg = self.cfg
         envs = make_env_batch(
             cfg.env.id,
@@ -134,7 +215,6 @@ class Runner:
         update_rule = instantiate(cfg.optimizer, policy=policy, value_function=value_function)
         obs_normalizer = ObservationNormalizer(envs.observation_space.shape) if cfg.sampler.normalize_obs else None
         reward_scaler = RewardScaler(envs.num_envs, cfg.optimizer.gamma) if cfg.sampler.normalize_rewards else None
-        sampler = Sampler(envs, policy, cfg.seed, obs_normalizer, reward_scaler)
         buffer = RolloutBuffer(
             cfg.steps_per_epoch // cfg.sampler.num_envs,
             cfg.sampler.num_envs,
@@ -142,147 +222,141 @@ class Runner:
             envs.action_space.shape,
             envs.action_space.dtype,
         )
-        start_epoch, elapsed, wandb_run_id, skipped_updates = 0, 0.0, None, 0
-        if checkpoint is not None:
-            try:
-                policy.load_state_dict(checkpoint["policy"])
-                value_function.load_state_dict(checkpoint["value_function"])
-                update_rule.load_state_dict(checkpoint["update_rule"])
-            except (KeyError, RuntimeError, ValueError) as error:  # a checkpoint older than the keys it is checked on
-                raise CheckpointError(
-                    f"checkpoint {self.run_dir / CHECKPOINT_NAME} holds networks that do not fit this run's config "
-                    f"({type(error).__name__})"
-                ) from None
-            for stats, state in (
-                (obs_normalizer, checkpoint["obs_normalizer"]),
-                (reward_scaler, checkpoint["reward_scaler"]),
-            ):
-                if stats is not None:
-                    stats.load_state_dict(state)
-            sampler.obs = envs.set_state(checkpoint["envs"])
-            torch.set_rng_state(checkpoint["torch_rng"])
-            start_epoch, elapsed, wandb_run_id = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["wandb_run_id"]
-            skipped_updates = checkpoint.get("skipped_updates", 0)
-            print(f"resuming {self.run_dir} at epoch {start_epoch}")
-        keep_progress_rows(self.run_dir / "progress.csv", start_epoch)
-        # Before the loggers: the fit's child process is forked from this one before W&B starts its threads.
-        value_fit = make_value_fit(update_rule, background=cfg.overlap_value_fit)
-        cleanup.callback(value_fit.close)
-        csv_logger = CSVLogger(self.run_dir / "progress.csv", EPOCH_KEYS + ["EvalEpRet"])
-        cleanup.callback(csv_logger.close)
-        exit_code = 1  # what W&B records for the run, unless it returns
-        wandb_logger = WandbLogger(
-            self.run_dir,
-            OmegaConf.to_container(cfg, resolve=True),
-            mode=cfg.logger.mode,
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            group=self.identity.group,
-            tags=cfg.logger.tags,
-            name=self.identity.name,
-            run_id=wandb_run_id,
+        return RunParts(
+            envs=envs,
+            policy=policy,
+            value_function=value_function,
+            update_rule=update_rule,
+            obs_normalizer=obs_normalizer,
+            reward_scaler=reward_scaler,
+            sampler=Sampler(envs, policy, cfg.seed, obs_normalizer, reward_scaler),
+            buffer=buffer,
         )
-        cleanup.callback(lambda: wandb_logger.close(exit_code))
-        progress = Progress(cfg.epochs * buffer.steps * envs.num_envs)
-        cleanup.callback(progress.close)
-        start = time.perf_counter() - elapsed
-        non_finite_streak = 0
 
-        def complete(row: dict, policy_stats: dict | None) -> None:
-            """Add the epoch's value fit to its row, count a dropped update, and log the row."""
-            nonlocal skipped_updates, non_finite_streak
-            value_stats = value_fit.finish(keep=policy_stats is not None)
-            if value_stats is None:
-                skipped_updates += 1
-                non_finite_streak += 1
-                if non_finite_streak >= MAX_NON_FINITE_EPOCHS:
-                    raise NonFiniteError(
-                        f"non-finite observations, rewards or losses in {non_finite_streak} epochs in a row "
-                        f"(epochs {row['Epoch'] - non_finite_streak + 1}-{row['Epoch']}); the last checkpoint "
-                        "is intact"
-                    )
-            else:
-                non_finite_streak = 0
-                row.update(value_stats)
-            row["SkippedUpdates"] = skipped_updates
-            csv_logger.log(row)
-            wandb_logger.log(row)
-            progress.update(row)
+    def _restore(self, parts: RunParts, checkpoint: dict) -> TrainingState:
+        """Load ``checkpoint`` into ``parts``; returns where the run stopped."""
+        try:
+            parts.policy.load_state_dict(checkpoint["policy"])
+            parts.value_function.load_state_dict(checkpoint["value_function"])
+            parts.update_rule.load_state_dict(checkpoint["update_rule"])
+        except (KeyError, RuntimeError, ValueError) as error:  # a checkpoint older than the keys it is checked on
+            raise CheckpointError(
+                f"checkpoint {self.run_dir / CHECKPOINT_NAME} holds networks that do not fit this run's config "
+                f"({type(error).__name__})"
+            ) from None
+        for stats, state in (
+            (parts.obs_normalizer, checkpoint["obs_normalizer"]),
+            (parts.reward_scaler, checkpoint["reward_scaler"]),
+        ):
+            if stats is not None:
+                stats.load_state_dict(state)
+        parts.sampler.obs = parts.envs.set_state(checkpoint["envs"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        print(f"resuming {self.run_dir} at epoch {checkpoint['epoch']}")
+        return TrainingState(
+            epoch=checkpoint["epoch"],
+            elapsed=checkpoint["elapsed"],
+            wandb_run_id=checkpoint["wandb_run_id"],
+            skipped_updates=checkpoint.get("skipped_updates", 0),
+        )
 
-        # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
-        # A skipped policy step drops its epoch's value fit too (keep=False).
-        waiting: tuple[dict, dict | None] | None = None
-        for epoch in range(start_epoch, cfg.epochs):
-            epoch_start = time.perf_counter()
-            policy.anneal(epoch / cfg.epochs)
-            episodes = sampler.collect(buffer)
-            if waiting is not None:
-                complete(*waiting)
-                waiting = None
-            # Only now: the previous epoch's value fit, which may have run until here, keeps its own rate.
-            update_rule.anneal(epoch / cfg.epochs)
-            batch, values = buffer.compute_batch(
-                value_function, update_rule.gamma, update_rule.lam, update_rule.vf_target
-            )
-            update_start = time.perf_counter()
-            value_fit.start(batch)  # V's regression needs only the batch: it runs beside the policy step
-            policy_stats = guarded_policy_step(update_rule, batch)
-            update_end = time.perf_counter()
-            row = {
-                "Epoch": epoch,
-                **episode_stats(episodes),
-                "VVals": float(values.mean()),
-                "TotalEnvInteracts": (epoch + 1) * buffer.steps * envs.num_envs,
-                **(policy_stats or {}),
-                "Time": update_end - start,
-                "SampleTime": update_start - epoch_start,
-                "UpdateTime": update_end - update_start,
-            }
-            last_epoch = epoch == cfg.epochs - 1
-            # The same seeded episodes every time, so the evaluations during training form one curve with the
-            # final one. They step their own env and draw no random numbers: training goes on as without them.
-            if last_epoch or (cfg.eval.freq > 0 and (epoch + 1) % cfg.eval.freq == 0):
-                eval_returns = evaluate(
-                    policy,
-                    cfg.env.id,
-                    cfg.env.max_ep_len,
-                    cfg.eval.episodes,
-                    cfg.seed + EVAL_SEED_OFFSET,
-                    obs_filter=obs_normalizer,  # frozen: evaluate() only applies it
-                    make_kwargs=env_kwargs(cfg),
-                    clip_actions=cfg.sampler.clip_actions,
+    def _evaluate(self, parts: RunParts) -> float:
+        """The mean return of the deterministic evaluation episodes. They are the same seeded episodes every time,
+        so the evaluations during training form one curve with the final one; they step their own env and draw no
+        random numbers, so training goes on as without them."""
+        cfg = self.cfg
+        eval_returns = evaluate(
+            parts.policy,
+            cfg.env.id,
+            cfg.env.max_ep_len,
+            cfg.eval.episodes,
+            cfg.seed + EVAL_SEED_OFFSET,
+            obs_filter=parts.obs_normalizer,  # frozen: evaluate() only applies it
+            make_kwargs=env_kwargs(cfg),
+            clip_actions=cfg.sampler.clip_actions,
+        )
+        return float(np.mean(eval_returns))
+
+    def _save(self, parts: RunParts, state: TrainingState, eval_ep_ret: float | None) -> None:
+        """Write the checkpoint that a resumed run continues from, and that task=eval loads."""
+        cfg = self.cfg
+        save_checkpoint(
+            self.run_dir,
+            {
+                "epoch": state.epoch,
+                "epochs": cfg.epochs,  # the schedules' horizon
+                "config": OmegaConf.to_yaml(cfg),  # what .hydra/config.yaml said, to put back on a refusal
+                "elapsed": state.elapsed,
+                "skipped_updates": state.skipped_updates,
+                "eval_ep_ret": eval_ep_ret,
+                "model": training_keys(cfg),
+                "policy": parts.policy.state_dict(),
+                "value_function": parts.value_function.state_dict(),
+                "update_rule": parts.update_rule.state_dict(),
+                "obs_normalizer": parts.obs_normalizer.state_dict() if parts.obs_normalizer else None,
+                "reward_scaler": parts.reward_scaler.state_dict() if parts.reward_scaler else None,
+                "envs": parts.envs.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "wandb_run_id": state.wandb_run_id,
+                "identity": {"name": self.identity.name, "group": self.identity.group},
+            },
+        )
+
+
+@dataclass
+class RunParts:
+    """What a run builds from its config, in the order data flows through it."""
+
+    envs: EnvBatch | SubprocEnvBatch
+    policy: Policy
+    value_function: ValueFunction
+    update_rule: UpdateRule
+    obs_normalizer: Optional[ObservationNormalizer]
+    reward_scaler: Optional[RewardScaler]
+    sampler: Sampler
+    buffer: RolloutBuffer
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands: epochs done, seconds trained, its W&B run and its updates skipped so far (a fresh run:
+    all zero). A checkpoint records it, and a resumed run starts from it."""
+
+    epoch: int = 0
+    elapsed: float = 0.0
+    wandb_run_id: Optional[str] = None
+    skipped_updates: int = 0
+
+
+class EpochLog:
+    """Completes each epoch's row with its value fit and writes it to every logger; counts dropped updates and
+    stops the run after MAX_NON_FINITE_EPOCHS of them in a row."""
+
+    def __init__(
+        self, value_fit: InlineValueFit | ChildProcessValueFit, loggers: Sequence, skipped_updates: int
+    ):
+        self.value_fit = value_fit
+        self.loggers = loggers
+        self.skipped_updates = skipped_updates
+        self.non_finite_streak = 0
+
+    def complete(self, row: dict, policy_stats: dict | None) -> None:
+        value_stats = self.value_fit.finish(keep=policy_stats is not None)
+        if value_stats is None:
+            self.skipped_updates += 1
+            self.non_finite_streak += 1
+            if self.non_finite_streak >= MAX_NON_FINITE_EPOCHS:
+                raise NonFiniteError(
+                    f"non-finite observations, rewards or losses in {self.non_finite_streak} epochs in a row "
+                    f"(epochs {row['Epoch'] - self.non_finite_streak + 1}-{row['Epoch']}); the last checkpoint "
+                    "is intact"
                 )
-                row["EvalEpRet"] = float(np.mean(eval_returns))
-            saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
-            if value_fit.overlaps_sampling and not saves:
-                waiting = (row, policy_stats)
-                continue
-            # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
-            complete(row, policy_stats)
-            save_checkpoint(
-                self.run_dir,
-                {
-                    "epoch": epoch + 1,
-                    "epochs": cfg.epochs,  # the schedules' horizon
-                    "config": OmegaConf.to_yaml(cfg),  # what .hydra/config.yaml said, to put back on a refusal
-                    "elapsed": time.perf_counter() - start,
-                    "skipped_updates": skipped_updates,
-                    "eval_ep_ret": row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
-                    "model": training_keys(cfg),
-                    "policy": policy.state_dict(),
-                    "value_function": value_function.state_dict(),
-                    "update_rule": update_rule.state_dict(),
-                    "obs_normalizer": obs_normalizer.state_dict() if obs_normalizer else None,
-                    "reward_scaler": reward_scaler.state_dict() if reward_scaler else None,
-                    "envs": envs.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "wandb_run_id": wandb_logger.run_id,
-                    "identity": {"name": self.identity.name, "group": self.identity.group},
-                },
-            )
-        wandb_logger.summary({"EvalEpRet": row["EvalEpRet"]})
-        exit_code = 0
-        return row["EvalEpRet"]
+        else:
+            self.non_finite_streak = 0
+            row.update(value_stats)
+        row["SkippedUpdates"] = self.skipped_updates
+        for logger in self.loggers:
+            logger.log(row)
 
 
 def episode_stats(episodes: EpisodeRecord) -> dict[str, float]:
@@ -336,7 +410,7 @@ class Progress:
     def __init__(self, total_steps: int):
         self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if sys.stdout.isatty() else None
 
-    def update(self, row: dict) -> None:
+    def log(self, row: dict) -> None:
         if self.bar is None:
             print(_epoch_line(row), flush=True)
             return
