@@ -58,6 +58,63 @@ class NonFiniteError(RuntimeError):
 MAX_NON_FINITE_EPOCHS = 3
 
 
+@dataclass
+class RunParts:
+    """What a run builds from its config: the envs and the sampler that steps them with the policy, the buffer, the
+    networks and the update rule that improves them, and the optional normalisers."""
+
+    envs: EnvBatch | SubprocEnvBatch
+    policy: Policy
+    value_function: ValueFunction
+    update_rule: UpdateRule
+    obs_normalizer: Optional[ObservationNormalizer]
+    reward_scaler: Optional[RewardScaler]
+    sampler: Sampler
+    buffer: RolloutBuffer
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands: epochs done, seconds trained, its W&B run and its updates skipped so far (a fresh run:
+    all zero). A checkpoint records it, and a resumed run starts from it."""
+
+    epoch: int = 0
+    elapsed: float = 0.0
+    wandb_run_id: Optional[str] = None
+    skipped_updates: int = 0
+
+
+class EpochLog:
+    """Completes each epoch's row with its value fit and writes it to every logger; counts dropped updates and
+    stops the run after MAX_NON_FINITE_EPOCHS of them in a row."""
+
+    def __init__(
+        self, value_fit: InlineValueFit | ChildProcessValueFit, loggers: Sequence, skipped_updates: int
+    ):
+        self.value_fit = value_fit
+        self.loggers = loggers
+        self.skipped_updates = skipped_updates
+        self.non_finite_streak = 0
+
+    def complete(self, row: dict, policy_stats: dict | None) -> None:
+        value_stats = self.value_fit.finish(keep=policy_stats is not None)
+        if value_stats is None:
+            self.skipped_updates += 1
+            self.non_finite_streak += 1
+            if self.non_finite_streak >= MAX_NON_FINITE_EPOCHS:
+                raise NonFiniteError(
+                    f"non-finite observations, rewards or losses in {self.non_finite_streak} epochs in a row "
+                    f"(epochs {row['Epoch'] - self.non_finite_streak + 1}-{row['Epoch']}); the last checkpoint "
+                    "is intact"
+                )
+        else:
+            self.non_finite_streak = 0
+            row.update(value_stats)
+        row["SkippedUpdates"] = self.skipped_updates
+        for logger in self.loggers:
+            logger.log(row)
+
+
 class Runner:
     """Trains one run as its config says, and returns the final deterministic evaluation return.
 
@@ -301,62 +358,6 @@ class Runner:
                 "identity": {"name": self.identity.name, "group": self.identity.group},
             },
         )
-
-
-@dataclass
-class RunParts:
-    """What a run builds from its config, in the order data flows through it."""
-
-    envs: EnvBatch | SubprocEnvBatch
-    policy: Policy
-    value_function: ValueFunction
-    update_rule: UpdateRule
-    obs_normalizer: Optional[ObservationNormalizer]
-    reward_scaler: Optional[RewardScaler]
-    sampler: Sampler
-    buffer: RolloutBuffer
-
-
-@dataclass
-class TrainingState:
-    """Where a run stands: epochs done, seconds trained, its W&B run and its updates skipped so far (a fresh run:
-    all zero). A checkpoint records it, and a resumed run starts from it."""
-
-    epoch: int = 0
-    elapsed: float = 0.0
-    wandb_run_id: Optional[str] = None
-    skipped_updates: int = 0
-
-
-class EpochLog:
-    """Completes each epoch's row with its value fit and writes it to every logger; counts dropped updates and
-    stops the run after MAX_NON_FINITE_EPOCHS of them in a row."""
-
-    def __init__(
-        self, value_fit: InlineValueFit | ChildProcessValueFit, loggers: Sequence, skipped_updates: int
-    ):
-        self.value_fit = value_fit
-        self.loggers = loggers
-        self.skipped_updates = skipped_updates
-        self.non_finite_streak = 0
-
-    def complete(self, row: dict, policy_stats: dict | None) -> None:
-        value_stats = self.value_fit.finish(keep=policy_stats is not None)
-        if value_stats is None:
-            self.skipped_updates += 1
-            self.non_finite_streak += 1
-            if self.non_finite_streak >= MAX_NON_FINITE_EPOCHS:
-                raise NonFiniteError(
-                    f"non-finite observations, rewards or losses in {self.non_finite_streak} epochs in a row "
-                    f"(epochs {row['Epoch'] - self.non_finite_streak + 1}-{row['Epoch']}); the last checkpoint "
-                    "is intact"
-                )
-        else:
-            self.non_finite_streak = 0
-            row.update(value_stats)
-        row["SkippedUpdates"] = self.skipped_updates
-        for logger in self.loggers:
-            logger.log(row)
 
 
 def episode_stats(episodes: EpisodeRecord) -> dict[str, float]:
