@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,8 +40,8 @@ class RunIdentity:
     """Where a run writes, and how it is named and grouped in W&B."""
 
     run_dir: Path
-    name: Optional[str] = None
-    group: Optional[str] = None
+    name: str | None = None
+    group: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -67,29 +67,33 @@ class RunParts:
     policy: Policy
     value_function: ValueFunction
     update_rule: UpdateRule
-    obs_normalizer: Optional[ObservationNormalizer]
-    reward_scaler: Optional[RewardScaler]
+    obs_normalizer: ObservationNormalizer | None
+    reward_scaler: RewardScaler | None
     sampler: Sampler
     buffer: RolloutBuffer
 
 
 @dataclass
 class TrainingState:
-    """Where a run stands: epochs done, seconds trained, its W&B run and its updates skipped so far (a fresh run:
-    all zero). A checkpoint records it, and a resumed run starts from it."""
+    """Where a run stands: epochs done (so ``epoch`` is the next one's index), seconds trained, its W&B run and its
+    updates skipped so far; a fresh run has zeros and no W&B run yet. A checkpoint records it, and a resumed run
+    starts from it."""
 
     epoch: int = 0
     elapsed: float = 0.0
-    wandb_run_id: Optional[str] = None
+    wandb_run_id: str | None = None
     skipped_updates: int = 0
 
 
 class EpochLog:
-    """Completes each epoch's row with its value fit and writes it to every logger; counts dropped updates and
-    stops the run after MAX_NON_FINITE_EPOCHS of them in a row."""
+    """Completes each epoch's row with its value fit and writes it to every logger; counts skipped updates, and
+    raises :class:`NonFiniteError` after MAX_NON_FINITE_EPOCHS of them in a row."""
 
     def __init__(
-        self, value_fit: InlineValueFit | ChildProcessValueFit, loggers: Sequence, skipped_updates: int
+        self,
+        value_fit: InlineValueFit | ChildProcessValueFit,
+        loggers: Sequence[CSVLogger | WandbLogger | Progress],
+        skipped_updates: int,
     ):
         self.value_fit = value_fit
         self.loggers = loggers
@@ -97,6 +101,9 @@ class EpochLog:
         self.non_finite_streak = 0
 
     def complete(self, row: dict, policy_stats: dict | None) -> None:
+        """Wait for the epoch's value fit (kept only if its policy step was, ``policy_stats`` not None), add its
+        stats and ``SkippedUpdates`` to ``row`` in place, and log the row. Called after the next epoch's sampling
+        when the fit overlaps it, and always before the value function is read again."""
         value_stats = self.value_fit.finish(keep=policy_stats is not None)
         if value_stats is None:
             self.skipped_updates += 1
@@ -173,8 +180,8 @@ class Runner:
         ``cleanup`` as it is built, and train the remaining epochs."""
         cfg = self.cfg
         parts = self._build(cleanup)
-        state = self._restore(parts, checkpoint) if checkpoint is not None else TrainingState()
-        keep_progress_rows(self.run_dir / "progress.csv", state.epoch)
+        initial = self._restore(parts, checkpoint) if checkpoint is not None else TrainingState()
+        keep_progress_rows(self.run_dir / "progress.csv", initial.epoch)
         # Before the loggers: the fit's child process is forked from this one before W&B starts its threads.
         value_fit = make_value_fit(parts.update_rule, background=cfg.overlap_value_fit)
         cleanup.callback(value_fit.close)
@@ -189,19 +196,20 @@ class Runner:
             group=self.identity.group,
             tags=cfg.logger.tags,
             name=self.identity.name,
-            run_id=state.wandb_run_id,
+            run_id=initial.wandb_run_id,
         )
-        exit_code = 1  # what W&B records for the run, unless it returns
+        # What W&B records for the run: 1 unless training returns (set to 0 below); the callback reads it at exit.
+        exit_code = 1
         cleanup.callback(lambda: wandb_logger.close(exit_code))
         progress = Progress(cfg.epochs * parts.buffer.steps * parts.envs.num_envs)
         cleanup.callback(progress.close)
-        epoch_log = EpochLog(value_fit, (csv_logger, wandb_logger, progress), state.skipped_updates)
+        epoch_log = EpochLog(value_fit, (csv_logger, wandb_logger, progress), initial.skipped_updates)
         policy, update_rule, buffer = parts.policy, parts.update_rule, parts.buffer
-        start = time.perf_counter() - state.elapsed
+        start = time.perf_counter() - initial.elapsed
         # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
         # A skipped policy step drops its epoch's value fit too (keep=False).
         waiting: tuple[dict, dict | None] | None = None
-        for epoch in range(state.epoch, cfg.epochs):
+        for epoch in range(initial.epoch, cfg.epochs):
             epoch_start = time.perf_counter()
             policy.anneal(epoch / cfg.epochs)
             episodes = parts.sampler.collect(buffer)
@@ -251,7 +259,8 @@ class Runner:
         return row["EvalEpRet"]
 
     def _build(self, cleanup: contextlib.ExitStack) -> RunParts:
-        """The envs, networks, update rule, normalisers, sampler and buffer that the config describes."""
+        """The envs, networks, update rule, normalisers, sampler and buffer that the config describes; the envs'
+        close goes on ``cleanup`` at once, so a config refused later in the build leaves no env workers alive."""
         cfg = self.cfg
         envs = make_env_batch(
             cfg.env.id,
@@ -291,7 +300,8 @@ class Runner:
         )
 
     def _restore(self, parts: RunParts, checkpoint: dict) -> TrainingState:
-        """Load ``checkpoint`` into ``parts``; returns where the run stopped."""
+        """Load ``checkpoint`` into ``parts`` (networks, update rule, normalisers, env states and torch's RNG, so the
+        run goes on as if never stopped); returns where the run stopped."""
         try:
             parts.policy.load_state_dict(checkpoint["policy"])
             parts.value_function.load_state_dict(checkpoint["value_function"])
@@ -335,7 +345,8 @@ class Runner:
         return float(np.mean(eval_returns))
 
     def _save(self, parts: RunParts, state: TrainingState, eval_ep_ret: float | None) -> None:
-        """Write the checkpoint that a resumed run continues from, and that task=eval loads."""
+        """Write the checkpoint that a resumed run continues from, and that task=eval loads. ``eval_ep_ret`` is the
+        final evaluation's return, None before the last epoch: :meth:`run` reads it to tell a finished run."""
         cfg = self.cfg
         save_checkpoint(
             self.run_dir,

@@ -3,8 +3,8 @@ the next epoch's sampling.
 
 The fit of epoch :math:`k` needs only that epoch's batch (observations and regression targets), and its value
 function is first read when epoch :math:`k+1`'s advantages are computed, after its sampling. So the Runner
-calls :meth:`start` as soon as the batch exists and :meth:`finish` just before the value function is needed;
-:class:`ChildProcessValueFit` does the fit on the second core in between. Both classes run the same
+calls :meth:`start` as soon as the batch exists and (through its EpochLog) :meth:`finish` just before the value
+function is needed; :class:`ChildProcessValueFit` does the fit on the second core in between. Both classes run the same
 :func:`~trpo.updates.fit_value_function` on the same numbers (the minibatch rows are drawn in :meth:`start`, from
 this process's RNG), so a run gives the same rows either way.
 
