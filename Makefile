@@ -12,10 +12,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,sweep]'
 	touch $@
 
-.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results results-heldout results-general clean
+.PHONY: help install install-bench run test test-slow bench docs-figures docs-plots results results-heldout results-general \
+	results-sb3 clean
 
 help: ## show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
 install: $(BIN)/.installed ## create .venv and install the pinned dependencies
 
@@ -83,6 +84,12 @@ results-general: install ## train the general preset (experiment=mujoco) 1M step
 	$(BIN)/python launch.py -m experiment=mujoco env=$(GENERAL_TASKS) seed=$(GENERAL_SEEDS) \
 	  hydra/launcher=parallel hydra.launcher.n_jobs=2 overlap_value_fit=false logger.mode=disabled \
 	  eval.freq=$(EVAL_FREQ) hydra.sweep.dir=outputs/results/general 'hydra.sweep.subdir=$${env.id}/$${seed}'
+	$(BIN)/python -m trpo.results
+
+# The first anchor of docs/results.md on more seeds: about 6 minutes a run, two at a time (runs of 2026-11-28).
+SB3_SEEDS ?= 0,1,2,3,4,5,6,7,8
+results-sb3: install-bench ## sb3-contrib's TRPO at rl-zoo's settings, 1M steps on SB3_SEEDS x 3 tasks, then docs/results.md
+	$(BIN)/python -m trpo.baseline --seeds $(SB3_SEEDS) --jobs 2
 	$(BIN)/python -m trpo.results
 
 clean: ## remove run outputs (keeps .venv)

@@ -211,3 +211,26 @@ def test_the_goal_is_judged_on_seeds_0_1_2_and_only_drawn_figures_are_shown(tmp_
     assert table_row(text, "Hopper-v5")[1:3] == ["3708 / 3541 / 3550", "3600 ± 77"]
     assert table_row(text, "Hopper-v5")[-2] == "yes"
     assert "figures/results-hopper.png" in text and "figures/results-walker2d.png" not in text
+
+
+def test_sb3_table_sets_the_rerun_anchor_beside_the_preset_on_the_seeds_both_have(tmp_path: Path) -> None:
+    """``make results-sb3``'s runs (trpo/baseline.py writes them as run dirs) get a table of their own: per seed,
+    mean ± std, how many seeds fell below the goal's floor, and the task preset on the seeds both have finished
+    (here 0-3, from the seeds-0-2 dir and the held-out one; seed 4 has no preset run, seed 5 is unfinished)."""
+    results = tmp_path / "results"
+    write_task(results, "walker2d", "Walker2d-v5", [5372.0, 4612.0, 4715.0])
+    write_task(results / "heldout", "walker2d", "Walker2d-v5", [5100.0], first_seed=3)
+    write_task(results / "sb3", "walker2d", "Walker2d-v5", [5000.0, 4000.0, 2000.0, 3000.0, 3500.0, None])
+    out = tmp_path / "docs" / "results.md"
+
+    main(["--results-dir", str(results), "--out", str(out)])
+
+    text = out.read_text()
+    section = text.split("## The first anchor rerun here")[1].split("## ")[0]
+    assert table_row(section, "Walker2d-v5") == [
+        "Walker2d-v5", "0, 1, 2, 3, 4, 5", "5000 / 4000 / 2000 / 3000 / 3500 / unfinished", "3500 ± 1000", "300",
+        "3 of 5 (< 4000)", "4950 ± 304 against 3500 (seeds 0, 1, 2, 3)",
+    ]
+    assert "| HalfCheetah-v5 |" not in section  # no sb3 runs of that task: no row
+    assert "The first is rerun here on more seeds below." in text
+    assert (out.parent / "results-runs" / "sb3" / "walker2d" / "5" / "progress.csv").is_file()  # recorded too

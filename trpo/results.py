@@ -7,7 +7,9 @@ anchors below, and draws the learning curves (mean ± std over seeds against env
 A second table shows the presets on seeds they were not chosen on, from ``outputs/results/heldout/<task>/``
 (``make results-heldout``: seeds 3, 4, 5); a preset fitted to its three seeds would fall there. A third shows the
 general preset on every task it was run on, one row per Gymnasium id found under ``outputs/results/general/``
-(``python launch.py -m experiment=mujoco env=ant,swimmer,... seed=0``).
+(``python launch.py -m experiment=mujoco env=ant,swimmer,... seed=0``). A fourth shows the first anchor,
+sb3-contrib's TRPO at rl-baselines3-zoo's settings, rerun here on more seeds (``make results-sb3``, written by
+:mod:`trpo.baseline` under ``outputs/results/sb3/<task>/``), beside the task presets on the seeds both have.
 Every number of ours comes from the runs' own ``progress.csv``; nothing is typed in.
 
 Beside the report it keeps the runs' records, ``docs/results-runs/`` (each run's ``.hydra/config.yaml`` and the
@@ -26,7 +28,7 @@ import math
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -47,6 +49,8 @@ SEED_FLOOR = 0.8
 HELDOUT_DIR = "heldout"
 # Under the results dir: runs of the general preset on any task (``make results-general``).
 GENERAL_DIR = "general"
+# Under the results dir: sb3-contrib's TRPO at rl-zoo's settings (``make results-sb3``), one dir per task.
+SB3_DIR = "sb3"
 # Beside the report: the records of the runs it was made from.
 RECORDS_NAME = "results-runs"
 # The progress.csv columns the report reads (curves: AverageEpRet against TotalEnvInteracts; tables: EvalEpRet).
@@ -150,26 +154,36 @@ def goal_cell(goal: float) -> str:
     return f"{goal:.0f} (no seed < {SEED_FLOOR * goal:.0f})"
 
 
-def task_row(task: str, env_id: str, goal: float, runs: Sequence[Run], figure: Path) -> Optional[list[str]]:
+def task_row(
+    task: str, env_id: str, goal: float, runs: Sequence[Run], figure: Path, sb3_runs: Sequence[Run] = ()
+) -> Optional[list[str]]:
     """One table row for the task preset's runs on :data:`GOAL_SEEDS` (None when it has none yet), and their
-    learning-curve figure; the goal is met only with every one of those seeds finished."""
+    learning-curve figure, with sb3-contrib's on those seeds beside them where there are any; the goal is met only
+    with every one of those seeds finished."""
     runs = [r for r in runs if r.seed in GOAL_SEEDS]
     if not runs:
         return None
-    plot_curves([Group(f"TRPO, experiment={task}", runs)], figure, title=f"{env_id}")
+    groups = [Group(f"TRPO, experiment={task}", runs)]
+    if sb3 := [r for r in sb3_runs if r.seed in GOAL_SEEDS]:
+        groups.append(Group("sb3-contrib TRPO, rl-zoo settings", sb3))
+    plot_curves(groups, figure, title=f"{env_id}")
     seeds, mean_std, steps = seed_cells(runs)
     met = tuple(r.seed for r in runs) == GOAL_SEEDS and meets_goal(runs, goal)
     return [env_id, seeds, mean_std, steps, goal_cell(goal), "yes" if met else "no", best_during_training(runs)]
+
+
+def tasks_with_runs(runs_by_task: dict[str, list[Run]]) -> Iterator[tuple[str, str, float, list[Run]]]:
+    """(task, Gymnasium id, goal, runs) for each of :data:`TASKS` that has runs, in that order."""
+    for task, (env_id, goal) in TASKS.items():
+        if runs_by_task[task]:
+            yield task, env_id, goal, runs_by_task[task]
 
 
 def heldout_rows(heldout_runs: dict[str, list[Run]]) -> list[list[str]]:
     """One row per task preset with held-out runs: its seeds, EvalEpRet per seed, mean ± std, env steps, the goal,
     and whether these seeds (every one finished) meet it too."""
     rows = []
-    for task, (env_id, goal) in TASKS.items():
-        runs = heldout_runs[task]
-        if not runs:
-            continue
+    for _, env_id, goal, runs in tasks_with_runs(heldout_runs):
         seeds, mean_std, steps = seed_cells(runs)
         met = meets_goal(runs, goal)
         rows.append([
@@ -196,13 +210,40 @@ def general_rows(general_runs: Sequence[Run]) -> list[list[str]]:
     return rows
 
 
+def sb3_rows(sb3_runs: dict[str, list[Run]], preset_runs: dict[str, list[Run]]) -> list[list[str]]:
+    """One row per task with sb3-contrib runs: its seeds, EvalEpRet per seed, mean ± std, env steps, how many seeds
+    ended below the goal's floor, and the task preset's EvalEpRet mean ± std on the seeds both have finished."""
+    rows = []
+    for task, env_id, goal, runs in tasks_with_runs(sb3_runs):
+        seeds, mean_std, steps = seed_cells(runs)
+        finals = [r.eval_return for r in runs if r.eval_return is not None]
+        below = sum(value < SEED_FLOOR * goal for value in finals)
+        ours = {r.seed: r.eval_return for r in preset_runs[task] if r.eval_return is not None}
+        shared = [r.seed for r in runs if r.eval_return is not None and r.seed in ours]
+        if len(shared) > 1:
+            both = np.array([ours[seed] for seed in shared])
+            sb3 = np.array([r.eval_return for r in runs if r.seed in shared])
+            preset = (
+                f"{format_return(both.mean())} ± {format_return(both.std(), both.mean())} against "
+                f"{format_return(sb3.mean())} (seeds {', '.join(map(str, shared))})"
+            )
+        else:
+            preset = "n/a"
+        rows.append([
+            env_id, seed_list(runs), seeds, mean_std, steps, f"{below} of {len(finals)} (< {SEED_FLOOR * goal:.0f})",
+            preset,
+        ])
+    return rows
+
+
 def display_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def sections(results_dir: Path, records_dir: Path) -> list[Path]:
-    """The report's sections, as paths relative to the results dir: each task preset's dir, its held-out dir, and
-    one dir per task of the general preset (``general/<env id>``) found under either dir."""
+    """The report's sections, as paths relative to the results dir: each task preset's dir, its held-out dir, one
+    dir per task of the general preset (``general/<env id>``) found under either dir, and each task's sb3-contrib
+    dir."""
     general = {
         d.name for root in (results_dir, records_dir) if (root / GENERAL_DIR).is_dir()
         for d in (root / GENERAL_DIR).iterdir() if d.is_dir()
@@ -211,6 +252,7 @@ def sections(results_dir: Path, records_dir: Path) -> list[Path]:
         *(Path(task) for task in TASKS),
         *(Path(HELDOUT_DIR) / task for task in TASKS),
         *(Path(GENERAL_DIR) / name for name in sorted(general)),
+        *(Path(SB3_DIR) / task for task in TASKS),
     ]
 
 
@@ -280,7 +322,8 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
     preset_runs = {task: read[Path(task)] for task in TASKS}
     rows, drawn = [], []
     for task, (env_id, goal) in TASKS.items():
-        if row := task_row(task, env_id, goal, preset_runs[task], figures / f"results-{task}.png"):
+        figure = figures / f"results-{task}.png"
+        if row := task_row(task, env_id, goal, preset_runs[task], figure, read[Path(SB3_DIR) / task]):
             rows.append(row)
             drawn.append(task)
     heldout = heldout_rows({task: read[Path(HELDOUT_DIR) / task] for task in TASKS})
@@ -319,6 +362,28 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
         ),
         "",
     ]
+    sb3 = sb3_rows(
+        {task: read[Path(SB3_DIR) / task] for task in TASKS},
+        {task: [*preset_runs[task], *read[Path(HELDOUT_DIR) / task]] for task in TASKS},
+    )
+    sb3_lines = [
+        "## The first anchor rerun here: sb3-contrib's TRPO at rl-baselines3-zoo's settings",
+        "",
+        (
+            "sb3-contrib's TRPO with rl-baselines3-zoo's tuned MuJoCo settings (`make results-sb3`, `trpo/baseline.py`:"
+            " 2 envs of 1,024 steps, VecNormalize, 16 critic minibatches, 20 critic passes), 999,424 env steps as the "
+            "presets, on more seeds than the anchor above was quoted on; runs under "
+            f"`{display_path(results_dir / SB3_DIR)}`. EvalEpRet as above (observation statistics frozen). The last "
+            "column: the task preset (the two tables above) on the seeds both have, against sb3-contrib on those seeds."
+        ),
+        "",
+        *markdown_table(
+            ["task", "seeds", "EvalEpRet per seed", "mean ± std", "env steps", "seeds below the goal's floor",
+             "the task preset on the same seeds"],
+            sb3,
+        ),
+        "",
+    ]
     recorded_note = (
         f" Sections with no runs there were read from their records in `{RECORDS_NAME}/`, as committed: "
         + ", ".join(f"`{section}`" for section in from_records) + "."
@@ -345,8 +410,9 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
             rows,
         ),
         "",
-        "## Anchors (quoted from their sources, not rerun here)",
+        "## Anchors (quoted from their sources)",
         "",
+        *(["The first is rerun here on more seeds below.", ""] if sb3 else []),
         *markdown_table(
             ["source", *(env_id for env_id, _ in TASKS.values())],
             [[name, *(values[env_id] for env_id, _ in TASKS.values())] for name, values in ANCHORS.items()],
@@ -354,6 +420,7 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
         "",
         *(heldout_lines if heldout else []),
         *(general_lines if general else []),
+        *(sb3_lines if sb3 else []),
         "## Learning curves (mean ± std over seeds)",
         "",
         *(f"![{task}](figures/results-{task}.png)" for task in drawn),
