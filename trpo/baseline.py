@@ -22,7 +22,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -138,11 +137,6 @@ def train_and_evaluate(task: str, seed: int, out_dir: Path, epochs: int = EPOCHS
             "seconds": round(seconds, 1)}
 
 
-def _job(task: str, seed: int, out_dir: Path, epochs: int) -> dict[str, Any]:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return train_and_evaluate(task, seed, out_dir, epochs)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(ENV_IDS), help="comma-separated: halfcheetah,hopper,walker2d")
@@ -157,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     todo = [(task, int(seed)) for task in tasks for seed in args.seeds.split(",")]
     todo = [(task, seed) for task, seed in todo if not is_finished(args.out_dir / task / str(seed))]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(_job, task, seed, args.out_dir, args.epochs) for task, seed in todo]
+        futures = [pool.submit(train_and_evaluate, task, seed, args.out_dir, args.epochs) for task, seed in todo]
         for future in futures:
             print(json.dumps(future.result()), flush=True)
     return 0

@@ -5,7 +5,7 @@ For each task it reads the runs under ``outputs/results/<task>/`` (written by
 (``EvalEpRet``, the mean of ``eval.episodes`` episodes) and the mean ± std over seeds next to the goal and the
 anchors below, and draws the learning curves (mean ± std over seeds against env steps) with ``trpo.compare``.
 A second table shows the presets on seeds they were not chosen on, from ``outputs/results/heldout/<task>/``
-(``make results-heldout``: seeds 3, 4, 5); a preset fitted to its three seeds would fall there. A third shows the
+(``make results-heldout``: seeds 3-8); a preset fitted to its three seeds would fall there. A third shows the
 general preset on every task it was run on, one row per Gymnasium id found under ``outputs/results/general/``
 (``python launch.py -m experiment=mujoco env=ant,swimmer,... seed=0``). A fourth shows the first anchor,
 sb3-contrib's TRPO at rl-baselines3-zoo's settings, rerun here on more seeds (``make results-sb3``, written by
