@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -57,7 +58,6 @@ ZOO_SETTINGS: dict[str, Any] = {
 ZOO_TASK_SETTINGS: dict[str, dict[str, Any]] = {"halfcheetah": {"target_kl": 0.04}}
 EPOCHS = 488  # rollouts of 2,048 steps: 999,424 env steps
 EVAL_EPISODES = 10
-EVAL_SEED_OFFSET = 1_000_000  # the evaluation env's seed is the run's plus this, as the Runner's evaluation does
 
 
 def settings_for(task: str) -> dict[str, Any]:
@@ -66,28 +66,40 @@ def settings_for(task: str) -> dict[str, Any]:
 
 def run_config(task: str, seed: int, epochs: int) -> dict[str, Any]:
     """What the run dir's ``.hydra/config.yaml`` holds: enough for :mod:`trpo.compare` to group and label runs."""
+    settings = settings_for(task)
     return {"algo": "sb3-contrib TRPO, rl-zoo settings", "env": {"id": ENV_IDS[task]}, "seed": seed,
-            "epochs": epochs, "steps_per_epoch": 2 * 1024, "sb3": settings_for(task)}
+            "epochs": epochs, "steps_per_epoch": settings["n_envs"] * settings["n_steps"], "sb3": settings}
 
 
-def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "progress.csv").is_file() and read_run(run_dir).eval_return is not None
+def is_finished(task: str, seed: int, out_dir: Path, epochs: int) -> bool:
+    """Whether ``out_dir/task/seed`` holds a finished run of these settings and length (one of other settings, or
+    a shorter test run, is trained again)."""
+    run_dir = out_dir / task / str(seed)
+    config = run_dir / ".hydra" / "config.yaml"
+    if not (run_dir / "progress.csv").is_file() or not config.is_file():
+        return False
+    same = yaml.safe_load(config.read_text()) == run_config(task, seed, epochs)
+    return same and read_run(run_dir).eval_return is not None
 
 
 def train_and_evaluate(task: str, seed: int, out_dir: Path, epochs: int = EPOCHS) -> dict[str, Any]:
     """Train sb3-contrib's TRPO at :func:`settings_for` ``task`` for ``epochs`` rollouts, evaluate the final policy,
     and write the run dir ``out_dir/task/seed``; returns a summary."""
+    # Imported here, in the worker: a parent process without torch forks cheaply and safely.
     import torch
     from sb3_contrib import TRPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.vec_env import VecNormalize
+    from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
+
+    from trpo.evaluation import EVAL_SEED_OFFSET
 
     torch.set_num_threads(1)  # as the project's jobs do, so two runs share the two cores
     settings = settings_for(task)
     run_dir = out_dir / task / str(seed)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").unlink(missing_ok=True)
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(run_config(task, seed, epochs), sort_keys=False))
 
     class RolloutLog(BaseCallback):
@@ -119,13 +131,16 @@ def train_and_evaluate(task: str, seed: int, out_dir: Path, epochs: int = EPOCHS
     model.learn(total_timesteps=epochs * n_envs * settings["n_steps"], callback=log)
     seconds = time.perf_counter() - started
 
+    # The Runner's base evaluation seed; sb3 seeds the first reset only, so later episodes do not match its seeds.
     eval_env = make_vec_env(ENV_IDS[task], n_envs=1, seed=seed + EVAL_SEED_OFFSET)
     if normalize:
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False, gamma=settings["gamma"])
-        eval_env.obs_rms = env.obs_rms
+        sync_envs_normalization(env, eval_env)  # the training env's observation statistics, frozen
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True,
                                  return_episode_rewards=True)
     eval_return = float(sum(returns) / len(returns))
+    env.close()
+    eval_env.close()
 
     rows = [{**row, "EvalEpRet": ""} for row in log.rows]
     rows[-1]["EvalEpRet"] = eval_return
@@ -137,24 +152,43 @@ def train_and_evaluate(task: str, seed: int, out_dir: Path, epochs: int = EPOCHS
             "seconds": round(seconds, 1)}
 
 
+def train_or_record_error(task: str, seed: int, out_dir: Path, epochs: int) -> dict[str, Any]:
+    """:func:`train_and_evaluate`, or, where it raises, the error written to the run dir's ``error.txt`` (which
+    :mod:`trpo.compare` reports as a failed run) and returned, so the other runs go on."""
+    try:
+        return train_and_evaluate(task, seed, out_dir, epochs)
+    except Exception as error:
+        run_dir = out_dir / task / str(seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n\n{traceback.format_exc()}")
+        return {"task": task, "seed": seed, "error": f"{type(error).__name__}: {error}"}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(ENV_IDS), help="comma-separated: halfcheetah,hopper,walker2d")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="rollouts of 2,048 env steps per run")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="rollouts of 2,048 env steps per run (>= 1)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "results" / "sb3")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if unknown := sorted(set(tasks) - set(ENV_IDS)):
         parser.error(f"unknown tasks {unknown}; choose from {sorted(ENV_IDS)}")
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
     todo = [(task, int(seed)) for task in tasks for seed in args.seeds.split(",")]
-    todo = [(task, seed) for task, seed in todo if not is_finished(args.out_dir / task / str(seed))]
+    todo = [(task, seed) for task, seed in todo if not is_finished(task, seed, args.out_dir, args.epochs)]
+    failed = 0
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(train_and_evaluate, task, seed, args.out_dir, args.epochs) for task, seed in todo]
+        futures = [pool.submit(train_or_record_error, task, seed, args.out_dir, args.epochs) for task, seed in todo]
         for future in futures:
-            print(json.dumps(future.result()), flush=True)
-    return 0
+            summary = future.result()
+            failed += "error" in summary
+            print(json.dumps(summary), flush=True)
+    if failed:
+        print(f"{failed} of {len(todo)} runs failed: see error.txt in their run dirs", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

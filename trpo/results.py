@@ -15,9 +15,9 @@ Every number of ours comes from the runs' own ``progress.csv``; nothing is typed
 Beside the report it keeps the runs' records, ``docs/results-runs/`` (each run's ``.hydra/config.yaml`` and the
 ``progress.csv`` columns read here, at the run's path under the results dir): ``outputs/`` is not committed, so
 these are what the report can be checked against and remade from (``--results-dir docs/results-runs``). A section
-(a task preset's seeds 0-2, its held-out seeds, or one task of the general preset) with no runs under the results
-dir is read from its records instead, and its records are kept: rerunning one section leaves the others as they
-were.
+(a task preset's seeds 0-2, its held-out seeds, one task of the general preset or of sb3-contrib's runs) with no
+runs under the results dir is read from its records instead, and its records are kept: rerunning one section leaves
+the others as they were.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def goal_cell(goal: float) -> str:
 
 
 def task_row(
-    task: str, env_id: str, goal: float, runs: Sequence[Run], figure: Path, sb3_runs: Sequence[Run] = ()
+    task: str, env_id: str, goal: float, runs: Sequence[Run], figure: Path, sb3_runs: Sequence[Run]
 ) -> Optional[list[str]]:
     """One table row for the task preset's runs on :data:`GOAL_SEEDS` (None when it has none yet), and their
     learning-curve figure, with sb3-contrib's on those seeds beside them where there are any; the goal is met only
@@ -212,7 +212,9 @@ def general_rows(general_runs: Sequence[Run]) -> list[list[str]]:
 
 def sb3_rows(sb3_runs: dict[str, list[Run]], preset_runs: dict[str, list[Run]]) -> list[list[str]]:
     """One row per task with sb3-contrib runs: its seeds, EvalEpRet per seed, mean ± std, env steps, how many seeds
-    ended below the goal's floor, and the task preset's EvalEpRet mean ± std on the seeds both have finished."""
+    ended below the goal's floor, and the task preset's EvalEpRet mean ± std on the seeds both have finished.
+    ``preset_runs``: the preset's runs on seeds 0-2 and its held-out ones, taken as one preset (the report's two
+    tables of it); where both hold a seed, the later one counts."""
     rows = []
     for task, env_id, goal, runs in tasks_with_runs(sb3_runs):
         seeds, mean_std, steps = seed_cells(runs)
@@ -221,17 +223,17 @@ def sb3_rows(sb3_runs: dict[str, list[Run]], preset_runs: dict[str, list[Run]]) 
         ours = {r.seed: r.eval_return for r in preset_runs[task] if r.eval_return is not None}
         shared = [r.seed for r in runs if r.eval_return is not None and r.seed in ours]
         if len(shared) > 1:
-            both = np.array([ours[seed] for seed in shared])
-            sb3 = np.array([r.eval_return for r in runs if r.seed in shared])
-            preset = (
-                f"{format_return(both.mean())} ± {format_return(both.std(), both.mean())} against "
-                f"{format_return(sb3.mean())} (seeds {', '.join(map(str, shared))})"
+            preset_finals = np.array([ours[seed] for seed in shared])
+            sb3_finals = np.array([r.eval_return for r in runs if r.seed in shared])
+            preset_cell = (
+                f"{format_return(preset_finals.mean())} ± {format_return(preset_finals.std(), preset_finals.mean())}"
+                f" against {format_return(sb3_finals.mean())} (seeds {', '.join(map(str, shared))})"
             )
         else:
-            preset = "n/a"
+            preset_cell = "n/a"
         rows.append([
             env_id, seed_list(runs), seeds, mean_std, steps, f"{below} of {len(finals)} (< {SEED_FLOOR * goal:.0f})",
-            preset,
+            preset_cell,
         ])
     return rows
 
@@ -374,7 +376,8 @@ def write_report(results_dir: Path, out: Path, command_args: Sequence[str]) -> s
             " 2 envs of 1,024 steps, VecNormalize, 16 critic minibatches, 20 critic passes), 999,424 env steps as the "
             "presets, on more seeds than the anchor above was quoted on; runs under "
             f"`{display_path(results_dir / SB3_DIR)}`. EvalEpRet as above (observation statistics frozen). The last "
-            "column: the task preset (the two tables above) on the seeds both have, against sb3-contrib on those seeds."
+            "column: the task preset (the first table and the held-out one) on the seeds both have, against "
+            "sb3-contrib on those seeds. Its seeds 0-2 are drawn beside the presets' in the learning curves below."
         ),
         "",
         *markdown_table(
