@@ -182,6 +182,20 @@ def test_nan_returns_leave_gaps_not_errors(tmp_path: Path) -> None:
     assert (tmp_path / "compare.png").stat().st_size > 0
 
 
+def test_the_line_joins_the_epochs_that_ended_episodes(tmp_path: Path) -> None:
+    """HalfCheetah at 16 envs x 128 steps ends its 1,000-step episodes once in ~8 epochs: every other epoch is NaN,
+    and the line must still join the finite points (a line broken at each NaN draws nothing at all)."""
+    import matplotlib.pyplot as plt
+
+    write_run(tmp_path / "a", [math.nan, 10, math.nan, 30, math.nan], eval_return=1, config={"seed": 0})
+    group = group_runs([read_run(tmp_path / "a")])[0]
+    fig = make_figure([group])
+    line = fig.axes[0].lines[0]
+    np.testing.assert_array_equal(line.get_xdata(), [200, 400])
+    np.testing.assert_array_equal(line.get_ydata(), [10, 30])
+    plt.close(fig)
+
+
 def test_failed_run_is_listed_not_a_crash(sweep: Path, capsys: pytest.CaptureFixture) -> None:
     write_run(sweep / "4", [], progress=False, error="optimizer.delta=-0.1 is not allowed: must be > 0\nmore\n",
               config={"optimizer.delta": -0.1})
