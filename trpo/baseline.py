@@ -99,7 +99,8 @@ def train_and_evaluate(task: str, seed: int, out_dir: Path, epochs: int = EPOCHS
     settings = settings_for(task)
     run_dir = out_dir / task / str(seed)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").unlink(missing_ok=True)
+    for stale in ("error.txt", "progress.csv"):  # an earlier run's, which a stopped rerun must not leave behind
+        (run_dir / stale).unlink(missing_ok=True)
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(run_config(task, seed, epochs), sort_keys=False))
 
     class RolloutLog(BaseCallback):
