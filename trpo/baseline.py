@@ -32,11 +32,10 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from trpo.compare import read_run
+from trpo.results import ROOT, SB3_DIR, TASKS
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# Task preset -> Gymnasium id.
-ENV_IDS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+# Task preset -> Gymnasium id: the results report's tasks.
+ENV_IDS = {task: env_id for task, (env_id, _) in TASKS.items()}
 
 # rl-baselines3-zoo's hyperparams/trpo.yml for the MuJoCo tasks (its "mujoco-defaults", tuned on the -v4 tasks):
 # 2 envs of 1,024 steps, observations and rewards normalised by VecNormalize, 16 critic minibatches of 128 over 20
@@ -171,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="rollouts of 2,048 env steps per run (>= 1)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "results" / "sb3")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "results" / SB3_DIR)
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if unknown := sorted(set(tasks) - set(ENV_IDS)):
