@@ -40,6 +40,8 @@ ENV_IDS = {task: env_id for task, (env_id, _) in TASKS.items()}
 # rl-baselines3-zoo's hyperparams/trpo.yml for the MuJoCo tasks (its "mujoco-defaults", tuned on the -v4 tasks):
 # 2 envs of 1,024 steps, observations and rewards normalised by VecNormalize, 16 critic minibatches of 128 over 20
 # passes, and sb3-contrib's defaults for the rest (KL limit 0.01, initial log-std 0, 64 x 64 tanh networks).
+# sb3-contrib averages the KL over action dimensions, where this project sums it: its target_kl is a limit of
+# target_kl x action dimensions in optimizer.delta's units, its damping as many times larger (docs/trpo.md, 2.1).
 ZOO_SETTINGS: dict[str, Any] = {
     "n_envs": 2,
     "normalize": True,
