@@ -158,7 +158,8 @@ def random_batch(policy, seed: int, size: int = BATCH_SIZE) -> Batch:
 
 
 def make_trpo(policy, delta: float, **options) -> TRPO:
-    """TRPO at Spinning Up's settings (10 CG iterations, 10 backtracks of 0.8) with the given delta and options."""
+    """TRPO at Spinning Up's settings (10 CG iterations, 10 backtracks of 0.8) with the given delta; ``options``
+    add to or override them."""
     value_function = ValueFunction(OBS_DIM, [5], "tanh").double()
     settings = dict(damping_coeff=0.1, cg_iters=10, backtrack_iters=10, backtrack_coeff=0.8, gamma=0.99, lam=0.97,
                     vf_lr=1e-3, train_v_iters=1)
