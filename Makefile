@@ -77,8 +77,8 @@ results-heldout: install ## the presets on seeds they were not chosen on (HELDOU
 	$(call train_presets,$(HELDOUT_SEEDS),outputs/results/heldout)
 	$(BIN)/python -m trpo.results
 
-# Every Gymnasium MuJoCo v5 task: about two hours on 2 cores for three seeds (the Beta policy's runs of 2026-11-27
-# 18:07-20:13 UTC, two or three at a time, took 126-1327 s each, 250 minutes in all).
+# Every Gymnasium MuJoCo v5 task: one to two hours on 2 cores for three seeds (the runs of 2026-11-28 13:38-14:42 UTC,
+# two at a time, took 86-673 s each, 128 minutes in all; those of 2026-11-27 250 minutes).
 GENERAL_TASKS ?= ant,halfcheetah,hopper,humanoid,humanoidstandup,inverted_double_pendulum,inverted_pendulum,pusher,reacher,swimmer,walker2d
 GENERAL_SEEDS ?= 0,1,2
 results-general: install ## train the general preset (experiment=mujoco) 1M steps on GENERAL_TASKS, then write docs/results.md

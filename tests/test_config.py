@@ -24,13 +24,14 @@ OPTIMIZER_FILES = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.
 EXPERIMENT_FILES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 # Task preset -> what it changes in the general preset ``experiment=mujoco env=<task>`` (its file says why).
 TASK_PRESET_CHANGES = {
-    "halfcheetah": {},
+    "halfcheetah": {"optimizer.delta": 0.01, "optimizer.damping_coeff": 0.1},
     "hopper": {
         "policy.distribution": "gaussian",
         "policy.init_log_std": 0.0,
         "optimizer.gamma": 0.995,
         "optimizer.vf_minibatches": 16,
         "optimizer.delta": 0.02,
+        "optimizer.damping_coeff": 0.1,
         "optimizer.vf_target": "lambda_returns",
         "optimizer.natural_lr": None,
     },
@@ -38,10 +39,18 @@ TASK_PRESET_CHANGES = {
         "policy.distribution": "gaussian",
         "policy.final_log_std": -1.0,
         "optimizer.lam": 0.97,
+        "optimizer.delta": 0.01,
+        "optimizer.damping_coeff": 0.1,
         "optimizer.vf_minibatches": 1,
         "optimizer.natural_lr": None,
     },
-    "swimmer": {"policy.distribution": "gaussian", "optimizer.gamma": 0.995, "optimizer.vf_minibatches": 16},
+    "swimmer": {
+        "policy.distribution": "gaussian",
+        "optimizer.gamma": 0.995,
+        "optimizer.vf_minibatches": 16,
+        "optimizer.delta": 0.01,
+        "optimizer.damping_coeff": 0.1,
+    },
 }
 
 
