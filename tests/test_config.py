@@ -51,6 +51,7 @@ TASK_PRESET_CHANGES = {
         "optimizer.delta": 0.01,
         "optimizer.damping_coeff": 0.1,
     },
+    "humanoid": {"policy.hidden_sizes": (256, 256)},
 }
 
 
