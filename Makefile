@@ -67,7 +67,7 @@ train_presets = for task in halfcheetah hopper walker2d; do \
 	    eval.freq=$(EVAL_FREQ) hydra.sweep.dir=$(2)/$$task 'hydra.sweep.subdir=$${seed}' || exit 1; \
 	done
 
-results: install ## train the 1M-step presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
+results: install ## train the halfcheetah, hopper and walker2d presets on seeds 0,1,2 (2 jobs at a time), then write docs/results.md
 	$(call train_presets,0$(comma)1$(comma)2,outputs/results)
 	$(BIN)/python -m trpo.results
 

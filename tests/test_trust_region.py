@@ -330,9 +330,10 @@ def test_beta_policy_acts_inside_the_box_with_the_stretched_betas_probabilities(
         (gym.spaces.Discrete(3), {"distribution": "beta"}, "needs Box actions"),
         (gym.spaces.Box(-np.inf, np.inf, (2,)), {"distribution": "beta"}, "infinite bounds"),
         (ACTION_SPACES["beta"], {"distribution": "beta", "bounded_mean": True}, "bounded_mean=True is not allowed"),
+        (gym.spaces.Box(-np.inf, np.inf, (2,)), {"bounded_mean": True}, "bounded_mean=true .* infinite bounds"),
     ],
 )
-def test_beta_policy_refuses_what_it_cannot_be(space, options, message):
+def test_policy_refuses_what_it_cannot_be(space, options, message):
     with pytest.raises(ConfigError, match=message):
         make_policy(gym.spaces.Box(-1.0, 1.0, (OBS_DIM,)), space, [5], "tanh", -0.5, **options)
 

@@ -50,10 +50,9 @@ def rewards_to_go(rewards: np.ndarray, next_values: np.ndarray, episode_ends: np
     terminated, :math:`V` of the last state when cut by the time limit or by the end of the epoch).
     """
     returns = np.zeros_like(rewards)
-    running = next_values[-1]
+    running = next_values[-1]  # the last stored step is closed with its next value, like an episode's end
     for t in reversed(range(len(rewards))):
-        bootstrap = episode_ends[t] | (t == len(rewards) - 1)
-        running = rewards[t] + gamma * np.where(bootstrap, next_values[t], running)
+        running = rewards[t] + gamma * np.where(episode_ends[t], next_values[t], running)
         returns[t] = running
     return returns
 

@@ -130,7 +130,7 @@ class Policy(nn.Module):
 class GaussianPolicy(Policy):
     r""":math:`\pi_\theta(a|s) = \mathcal{N}(\mu_\theta(s), \operatorname{diag}(\sigma^2))` with
     :math:`\log\sigma` a vector that does not depend on the state: learned, or with ``final_log_std`` set by a
-    schedule, from ``init_log_std`` at the start of the run linearly to ``final_log_std`` at its end (see
+    schedule, from ``init_log_std`` at the start of the run linearly towards ``final_log_std`` (see
     :meth:`anneal`). A scheduled :math:`\log\sigma` is not a parameter, so the trust-region step moves only the mean
     and the whole KL budget goes to it."""
 
@@ -152,7 +152,7 @@ class GaussianPolicy(Policy):
         if self.bounded:
             # mu = center + half_range * tanh(net): with clipped actions, a mean far outside the box gives every
             # sample the same action, so the advantages hold no signal that could bring the mean back.
-            refusal = ValueError("policy.bounded_mean needs an action space with finite bounds")
+            refusal = ConfigError("policy.bounded_mean=true is not allowed: the action space has infinite bounds")
             low, high = finite_box(action_bounds, refusal)
             self.mean_net.append(nn.Tanh())
             self.register_buffer("action_center", (high + low) / 2, persistent=False)
@@ -167,7 +167,7 @@ class GaussianPolicy(Policy):
     def anneal(self, progress: float) -> None:
         r"""With a log-std schedule, set :math:`\log\sigma = \text{init} + (\text{final} - \text{init})\,p` for
         progress :math:`p`; the Runner calls it before each epoch's sampling, so a batch's old policy is the one
-        that sampled it."""
+        that sampled it. The last epoch samples at :math:`p = (E-1)/E`, one epoch's step short of ``final``."""
         if self.log_std_schedule is not None:
             initial, final = self.log_std_schedule
             self.log_std.fill_(initial + (final - initial) * progress)

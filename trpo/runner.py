@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from trpo.buffer import RolloutBuffer
+from trpo.buffer import Batch, RolloutBuffer
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from trpo.config import ConfigError, env_kwargs, has_schedule, training_keys, validate
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
@@ -383,7 +383,7 @@ def episode_stats(episodes: EpisodeRecord) -> dict[str, float]:
     }
 
 
-def guarded_policy_step(update_rule, batch) -> dict[str, float] | None:
+def guarded_policy_step(update_rule: UpdateRule, batch: Batch) -> dict[str, float] | None:
     """Run the policy step unless the batch holds non-finite numbers; if the step itself produces any, restore
     the policy and the update rule's optimiser states as they were. Returns the step's stats, or None when it
     was skipped (and then the epoch's value fit is skipped too)."""

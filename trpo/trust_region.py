@@ -154,7 +154,8 @@ def max_step(x: torch.Tensor, hx: torch.Tensor, delta: float, max_multiplier: fl
 
 @dataclass
 class LineSearchResult:
-    """Where the line search ended: the parameters to keep and how many times it shrank the step."""
+    """Where the line search ended: the parameters to keep (``params_old`` when no candidate passed), how many
+    times it shrank the step, whether a candidate passed, and the surrogate and KL at the kept parameters."""
 
     params: torch.Tensor
     backtracks: int
@@ -176,6 +177,7 @@ def backtracking_line_search(
     ``backtrack_coeff``) and accept the first whose exact mean KL is at most :math:`\delta` and whose surrogate
     advantage improves on ``surrogate_old``.
 
+    The surrogate must rise strictly, as in the TRPO paper; Spinning Up also accepts an equal one.
     ``evaluate(params)`` returns (surrogate, KL) at ``params``. The quadratic model behind :math:`s` can be wrong
     far from :math:`\theta_k`; this check is what keeps each update inside the trust region. When no candidate
     passes, the result holds ``params_old`` itself, so the caller restores the policy bit for bit.

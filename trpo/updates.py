@@ -46,7 +46,10 @@ def finite_outcome(network: torch.nn.Module, stats: dict[str, float]) -> bool:
 
 
 class UpdateRule:
-    """Fits the value function by regression on ``vf_target``; subclasses define the policy step.
+    """Fits the value function by regression on the batch's targets; subclasses define the policy step.
+
+    ``gamma``, ``lam`` and ``vf_target`` are held here, with the rest of the ``optimizer`` config group, for the
+    Runner to hand to :meth:`~trpo.buffer.RolloutBuffer.compute_batch`, which estimates the advantages and targets.
 
     Args:
         policy: the policy :math:`\\pi_\\theta` to improve.
@@ -93,7 +96,8 @@ class UpdateRule:
         self.vf_optimizer = torch.optim.Adam(value_function.parameters(), lr=vf_lr)
 
     def anneal(self, progress: float) -> None:
-        """Set learning rates for a run that is ``progress`` (0 to 1) done."""
+        """Set learning rates for a run that is ``progress`` (0 to 1) done. The Runner passes epoch / epochs, so
+        a linear schedule's last epoch still has ``vf_lr / epochs``, not 0."""
         if self.vf_lr_schedule == "linear":
             for group in self.vf_optimizer.param_groups:
                 group["lr"] = self.vf_lr * (1.0 - progress)
@@ -258,7 +262,8 @@ class TRPO(_KLLimitedRule):
 
 
 class NPG(_KLLimitedRule):
-    r"""Natural policy gradient (Kakade, 2002): TRPO's full step :math:`\sqrt{2\delta / x^\top H x}\,x`, always taken.
+    r"""Natural policy gradient (Kakade, 2002): TRPO's full step :math:`\sqrt{2\delta / x^\top H x}\,x` (shortened only by
+    ``natural_lr``), always taken.
 
     Without TRPO's line search nothing checks the quadratic model: the step may end with a KL above
     :math:`\delta` or a lower surrogate. ``KLExceeded`` and ``SurrogateWorse`` count how often (0 or 1 per epoch),
@@ -285,7 +290,9 @@ class VPG(UpdateRule):
         **value_kwargs: the value fit's and advantages' arguments (see :class:`UpdateRule`).
     """
 
-    def __init__(self, policy, value_function, pi_lr: float, train_pi_iters: int, **value_kwargs):
+    def __init__(
+        self, policy: Policy, value_function: ValueFunction, pi_lr: float, train_pi_iters: int, **value_kwargs
+    ):
         super().__init__(policy, value_function, **value_kwargs)
         self.train_pi_iters = train_pi_iters
         self.pi_optimizer = torch.optim.Adam(policy.parameters(), lr=pi_lr)
