@@ -37,6 +37,7 @@ from tests.conftest import (
     without_wall_clock,
 )
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from trpo.compare import read_run
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
 from trpo.runner import RunIdentity, Runner
 
@@ -287,6 +288,17 @@ def test_resume_of_a_dir_without_a_run_is_refused(tmp_path: Path) -> None:
     assert not (empty / "progress.csv").exists() and not (empty / "wandb").exists()
 
 
+def test_resume_says_which_overrides_it_ignores(tmp_path: Path, cartpole_run: Path) -> None:
+    """resume= continues a run with its saved config; what else the command set is named, not dropped silently."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    resumed = launch([f"resume={run_dir}", "epochs=5", "optimizer.delta=0.05"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already finished" in resumed.stdout
+    assert "ignored: epochs=5 optimizer.delta=0.05" in resumed.stderr
+    assert load_checkpoint(run_dir)["epoch"] == 2
+
+
 @pytest.mark.parametrize("command", [["resume={}"], ["task=eval", "checkpoint={}"]], ids=["resume", "eval"])
 def test_a_mistyped_run_dir_is_not_created(tmp_path: Path, command: list[str]) -> None:
     missing = tmp_path / "typo"
@@ -383,14 +395,17 @@ def test_a_checkpoint_from_before_the_key_names_changed_is_still_checked(tmp_pat
 
 
 def test_a_refused_relaunch_leaves_the_run_as_it_was_trained(tmp_path: Path) -> None:
-    """Hydra saves the relaunch's config into the run's .hydra/ before the refusal: the trained one is put back,
-    so the run still evaluates (and compares) as what it is."""
+    """Hydra saves the relaunch's config and overrides into the run's .hydra/ before the refusal: the trained ones
+    are put back, and no error.txt marks the run failed, so it still evaluates (and compares) as what it is."""
     run_dir = tmp_path / "run"
     args = ["env=cartpole", *TINY, "sampler.num_envs=2", f"hydra.run.dir={run_dir}"]
     assert launch(args).returncode == 0
-    trained = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    trained = {path.name: path.read_bytes() for path in (run_dir / ".hydra").iterdir()}
+    assert set(trained) == {"config.yaml", "overrides.yaml", "hydra.yaml"}
     assert_one_line_refusal(launch([*args, "optimizer.delta=0.02"]), "optimizer.delta=0.01", "another run dir")
-    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml") == trained
+    assert {path.name: path.read_bytes() for path in (run_dir / ".hydra").iterdir()} == trained
+    assert not (run_dir / "error.txt").exists()
+    assert read_run(run_dir).status == "finished"
     evaluated = launch(["task=eval", f"checkpoint={run_dir}", "logger.mode=disabled", f"hydra.run.dir={tmp_path}/e"])
     assert evaluated.returncode == 0, evaluated.stderr
 

@@ -149,6 +149,16 @@ def test_groups_and_mean_std_against_hand_computed_numbers(sweep: Path, capsys: 
     assert "| optimizer.delta=0.05 | 2 | 0, 1 | 250.00 ± 50.00 | 85.00 ± 5.00 | 300 | 2 finished |" in out
 
 
+def test_eval_and_resume_jobs_are_not_runs(tmp_path: Path) -> None:
+    """A task=eval job and a resume= job train nothing in their own dirs: even refused (with error.txt) they are not
+    listed, while a refused training job is, as failed."""
+    write_run(tmp_path / "trained", [1, 2], eval_return=3)
+    write_run(tmp_path / "eval", [], progress=False, error="error: no checkpoint", config={"task": "eval"})
+    write_run(tmp_path / "resume", [], progress=False, error="error: no run", config={"resume": "outputs/x"})
+    write_run(tmp_path / "refused", [], progress=False, error="error: optimizer.delta=-1 is not allowed")
+    assert [p.name for p in find_run_dirs(tmp_path)] == ["refused", "trained"]
+
+
 def test_unequal_lengths_cut_at_steps_all_runs_reached(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A run still going (2 of 3 epochs) limits the group's curve and final numbers to 200 steps."""
     write_run(tmp_path / "a", [10, 20, 30], eval_return=50, config={"seed": 0})

@@ -1,7 +1,8 @@
 """Compare runs: `python -m trpo.compare DIR [DIR ...]` -> learning curves and a summary table.
 
 Each DIR is a sweep dir (``launch.py -m``), a single run dir, or any dir holding run dirs (``outputs/``).
-A run is a dir with ``progress.csv`` and/or ``.hydra/config.yaml``; a run with ``error.txt`` is listed as failed.
+A run is a dir with ``progress.csv`` and/or ``.hydra/config.yaml`` (not that of a ``task=eval`` or ``resume=`` job,
+which trains nothing in its own dir); a run with ``error.txt`` is listed as failed.
 
 Runs are grouped by the config values that differ between them, with the seed pooled: the flattened configs
 of all runs are compared key by key (numbers by value: ``20`` is ``20.0``), keys that never change what is learned
@@ -122,19 +123,29 @@ class Curve:
 # Finding and reading runs
 
 
-def is_run_dir(path: Path) -> bool:
-    """A run dir holds progress.csv (a run that logged an epoch) or .hydra/config.yaml (any launched job)."""
+def is_job_dir(path: Path) -> bool:
+    """A job dir holds progress.csv (a run that logged an epoch) or .hydra/config.yaml (any launched job)."""
     return (path / "progress.csv").is_file() or (path / ".hydra" / "config.yaml").is_file()
 
 
+def is_run_dir(path: Path) -> bool:
+    """A job dir that trained, or tried to train, in itself: not a ``task=eval`` job, nor a ``resume=`` job, whose
+    training goes on in the run dir it resumed."""
+    if (path / "progress.csv").is_file():
+        return True
+    config = read_config(path)
+    return config is not None and config.get("task", "train") == "train" and config.get("resume") is None
+
+
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every run dir at or under ``root``, sorted; the search does not go inside a run dir."""
+    """Every run dir at or under ``root``, sorted; the search does not go inside a job dir."""
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         path = Path(dirpath)
-        if is_run_dir(path):
-            found.append(path)
-            dirnames[:] = []  # a run dir holds no further runs
+        if is_job_dir(path):
+            if is_run_dir(path):
+                found.append(path)
+            dirnames[:] = []  # a job dir holds no further runs
         else:
             dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
     return sorted(found, key=natural_path_key)

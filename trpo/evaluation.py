@@ -186,7 +186,9 @@ def evaluate_checkpoint(cfg: DictConfig, job_dir: Path) -> float:
     plural = "s" if len(returns) != 1 else ""
     print(f"EvalEpRet {mean:.2f} ± {std:.2f} over {len(returns)} episode{plural}", flush=True)
     wrote = f"wrote {job_dir / EVAL_FILE}"
-    print(wrote + (f" and {len(videos.paths)} videos in {videos.directory}" if videos is not None else ""))
+    if videos is not None:
+        wrote += f" and {len(videos.paths)} video{'s' if len(videos.paths) != 1 else ''} in {videos.directory}"
+    print(wrote)
     if cfg.logger.mode != "disabled":
         _log_to_wandb(cfg, trained, run_dir, checkpoint, job_dir, result)
     return mean

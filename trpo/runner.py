@@ -50,6 +50,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class RelaunchRefused(CheckpointError):
+    """A relaunch into a trained run's dir with a config that cannot continue its checkpoint. The run is left as it
+    was trained, so it is not marked failed either (no ``error.txt``)."""
+
+
+# Hydra rewrites these for every launch into a run dir, before the Runner can refuse it; a checkpoint keeps the
+# trained run's own, to put back on a refusal.
+HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
+
+
+def read_hydra_files(run_dir: Path) -> dict[str, str]:
+    """The texts of the run's ``.hydra`` files that exist, by name."""
+    hydra_dir = run_dir / ".hydra"
+    return {name: (hydra_dir / name).read_text() for name in HYDRA_FILES if (hydra_dir / name).is_file()}
+
+
 class NonFiniteError(RuntimeError):
     """Training produced non-finite numbers too many epochs in a row."""
 
@@ -157,9 +173,9 @@ class Runner:
 
     def _check_continuable(self, checkpoint: dict) -> None:
         """Refuse to continue ``checkpoint`` with this config where a key it was trained with differs, or where
-        other ``epochs`` would make its schedules jump. Hydra has by then saved this config as the run's
-        ``.hydra/config.yaml``: a refusal puts back the one the checkpoint was trained with, so the run can still
-        be evaluated, resumed and compared as it is."""
+        other ``epochs`` would make its schedules jump. Hydra has by then saved this launch's config and overrides
+        in the run's ``.hydra/``: a refusal puts back the files the checkpoint was trained with, so the run can
+        still be evaluated, resumed and compared as it is."""
         cfg = self.cfg
         try:
             check_compatible(checkpoint, training_keys(cfg))
@@ -170,10 +186,12 @@ class Runner:
                     "schedules (vf_lr_schedule, delta_schedule, final_log_std) would jump"
                 )
         except CheckpointError as error:
-            saved_config = self.run_dir / ".hydra" / "config.yaml"
-            if "config" in checkpoint and saved_config.is_file():
-                saved_config.write_text(checkpoint["config"])
-            raise CheckpointError(f"{error} (train this config in another run dir)") from None
+            # Checkpoints written before 2026-12-07 kept only the config, as "config".
+            old_format = {"config.yaml": checkpoint.get("config")}
+            for name, text in checkpoint.get("hydra_files", old_format).items():
+                if text is not None and (self.run_dir / ".hydra" / name).is_file():
+                    (self.run_dir / ".hydra" / name).write_text(text)
+            raise RelaunchRefused(f"{error} (train this config in another run dir)") from None
 
     def _train(self, checkpoint: dict | None, cleanup: contextlib.ExitStack) -> float:
         """Build the run's parts (restored from ``checkpoint``, if any) and its loggers, registering each with
@@ -353,7 +371,7 @@ class Runner:
             {
                 "epoch": state.epoch,
                 "epochs": cfg.epochs,  # the schedules' horizon
-                "config": OmegaConf.to_yaml(cfg),  # what .hydra/config.yaml said, to put back on a refusal
+                "hydra_files": read_hydra_files(self.run_dir),  # to put back on a refused relaunch
                 "elapsed": state.elapsed,
                 "skipped_updates": state.skipped_updates,
                 "eval_ep_ret": eval_ep_ret,
@@ -451,8 +469,9 @@ def run_from_hydra(cfg: DictConfig) -> float:
     """Validate the composed config, name the run from Hydra's runtime, and train (or resume, or evaluate) it.
 
     A refused config or checkpoint is reported as one line on stderr and in ``error.txt`` in the job's dir,
-    before any env or W&B run exists. A single run then exits with status 2; a sweep's job raises, so Hydra
-    marks that job failed and the other jobs go on. A run that crashes leaves its error in ``error.txt`` too.
+    before any env or W&B run exists; a refused relaunch into a trained run's dir leaves that run unmarked. A single
+    run then exits with status 2; a sweep's job raises, so Hydra marks that job failed and the other jobs go on. A
+    run that crashes leaves its error in ``error.txt`` too.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -470,10 +489,14 @@ def run_from_hydra(cfg: DictConfig) -> float:
 
             return evaluate_checkpoint(cfg, job_dir)
         if cfg.resume is not None:
+            ignored = [override for override in hydra_cfg.overrides.task if not override.startswith("resume=")]
+            if ignored:
+                print(f"note: resume= goes on with the run's own config; ignored: {' '.join(ignored)}", file=sys.stderr)
             cfg, identity = resumed_run(Path(cfg.resume))
         return Runner(cfg, identity).run()
     except (ConfigError, CheckpointError) as error:
-        (job_dir / "error.txt").write_text(f"{error}\n")
+        if not isinstance(error, RelaunchRefused):
+            (job_dir / "error.txt").write_text(f"{error}\n")
         print(f"error: {error}", file=sys.stderr)
         if multirun:
             raise
