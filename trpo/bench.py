@@ -281,8 +281,8 @@ def format_table(r: dict) -> str:
         f"| raw env.step, 1 process | {raw:,.0f} steps/s |",
         f"| this project, end to end | {p['steps_per_s']:,.0f} steps/s ({p['steps_per_s'] / raw:.2f}x raw) |",
         f"| - sampling | {p['sample_s_per_epoch']:.3f} s/epoch ({p['sampling_steps_per_s']:,.0f} steps/s) |",
-        f"| - update the epoch waits for | {p['update_s_per_epoch']:.3f} s/epoch ({100 * p['update_fraction']:.0f}% of the "
-        "epoch) |",
+        f"| - update the epoch waits for | {p['update_s_per_epoch']:.3f} s/epoch "
+        f"({100 * p['update_fraction']:.0f}% of the epoch) |",
         f"| - value fit, beside the next sampling | {p['value_fit_s_per_epoch']:.3f} s/epoch |",
         f"| peak memory of the run's processes | {p['peak_pss_mib']:.0f} MiB PSS ({p['peak_rss_mib']:.0f} MiB RSS) |",
     ]

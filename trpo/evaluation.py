@@ -79,8 +79,9 @@ def evaluate(
     make_kwargs: Optional[dict[str, Any]] = None,
     clip_actions: bool = True,
 ) -> list[float]:
-    """Undiscounted returns of ``episodes`` episodes acting with the policy's deterministic action
-    (the Gaussian's mean, the Beta's mean stretched to the box, the Categorical's most likely class); episode ``i`` is seeded with ``seed + i``.
+    """Undiscounted returns of ``episodes`` episodes acting with the policy's deterministic action (the
+    Gaussian's mean, the Beta's mean stretched to the box, the Categorical's most likely class); episode ``i`` is
+    seeded with ``seed + i``.
 
     Optional hooks, none of which changes the returns: ``on_frame(i, rgb)`` gets the rendered frame after the reset
     and after every step of episode ``i`` (so ``length + 1`` frames; the env is made with ``render_mode="rgb_array"``

@@ -262,8 +262,8 @@ class TRPO(_KLLimitedRule):
 
 
 class NPG(_KLLimitedRule):
-    r"""Natural policy gradient (Kakade, 2002): TRPO's full step :math:`\sqrt{2\delta / x^\top H x}\,x` (shortened only by
-    ``natural_lr``), always taken.
+    r"""Natural policy gradient (Kakade, 2002): TRPO's full step :math:`\sqrt{2\delta / x^\top H x}\,x`
+    (shortened only by ``natural_lr``), always taken.
 
     Without TRPO's line search nothing checks the quadratic model: the step may end with a KL above
     :math:`\delta` or a lower surrogate. ``KLExceeded`` and ``SurrogateWorse`` count how often (0 or 1 per epoch),
