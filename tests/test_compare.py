@@ -206,6 +206,29 @@ def test_the_line_joins_the_epochs_that_ended_episodes(tmp_path: Path) -> None:
     plt.close(fig)
 
 
+def test_runs_of_several_envs_get_a_column_each(tmp_path: Path) -> None:
+    """Returns of different tasks share no scale: one column per env, titled by it, holding only its groups (in
+    their colours), each with its own panels; the common title above them."""
+    import matplotlib.pyplot as plt
+
+    kl = {"KL": [0.01, 0.02]}
+    write_run(tmp_path / "a", [1, 2], config={"seed": 0}, columns=kl)
+    write_run(tmp_path / "b", [3, 4], config={"seed": 0, "optimizer.delta": 0.05}, columns=kl)
+    write_run(tmp_path / "c", [500, 900], config={"seed": 0, "env.id": "Hopper-v5"}, columns=kl)
+    groups = group_runs([read_run(p) for p in find_run_dirs(tmp_path)])
+    fig = make_figure(groups, ["KL"])
+    cartpole, hopper, cartpole_kl, hopper_kl = fig.axes
+    assert [cartpole.get_title(), hopper.get_title()] == ["CartPole-v1", "Hopper-v5"]
+    assert fig.get_suptitle() == "TRPO learning curves: mean ± std over seeds"
+    hopper_index = next(i for i, g in enumerate(groups) if "Hopper-v5" in g.label)
+    assert [line.get_color() for line in hopper.get_lines()] == [f"C{hopper_index}"]
+    np.testing.assert_allclose(hopper.get_lines()[0].get_ydata(), [500, 900])
+    assert len(cartpole.get_lines()) == 2 and len(cartpole.get_legend().get_texts()) == 2
+    assert len([line for line in hopper_kl.get_lines() if line.get_linestyle() == "-"]) == 1
+    assert len([line for line in cartpole_kl.get_lines() if line.get_linestyle() == "-"]) == 2
+    plt.close(fig)
+
+
 def test_failed_run_is_listed_not_a_crash(sweep: Path, capsys: pytest.CaptureFixture) -> None:
     write_run(sweep / "4", [], progress=False, error="optimizer.delta=-0.1 is not allowed: must be > 0\nmore\n",
               config={"optimizer.delta": -0.1})

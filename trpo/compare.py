@@ -758,9 +758,19 @@ def default_title(groups: Sequence[Group]) -> str:
     return f"{name}{f' on {env_id}' if env_id else ''}: mean ± std over seeds"
 
 
+def env_columns(groups: Sequence[Group]) -> list[tuple[Optional[str], list[int]]]:
+    """The figure's columns, as (env id, indices of its groups): one per env when every group ran on one env and
+    they span several (returns of different tasks share no scale), else a single column of every group."""
+    env_ids = [common_value(group.runs, "env.id") for group in groups]
+    if len(set(env_ids)) < 2 or not all(isinstance(env_id, str) for env_id in env_ids):
+        return [(None, list(range(len(groups))))]
+    return [(env_id, [i for i, e in enumerate(env_ids) if e == env_id]) for env_id in sorted(set(env_ids))]
+
+
 def make_figure(groups: Sequence[Group], panels: Sequence[str] = (), title: Optional[str] = None) -> Any:
     """The learning curves: per group the mean AverageEpRet over seeds, with a ±std band; below them one
-    panel per key in ``panels`` (same colours, shared x axis). ``title`` replaces the default title."""
+    panel per key in ``panels`` (same colours, shared x axis); a column per env where the groups ran on several
+    (:func:`env_columns`). ``title`` replaces the default title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -770,25 +780,33 @@ def make_figure(groups: Sequence[Group], panels: Sequence[str] = (), title: Opti
     colors = group_colors(groups)
     longest = max((len(curve.steps) for _, curve in curves if curve is not None), default=0)
     marker = "o" if longest <= 30 else None  # with few epochs, dots show where the data points are
+    columns = env_columns(groups)
 
-    fig, axes = plt.subplots(1 + len(panels), 1, sharex=True, squeeze=False, dpi=120,
-                             figsize=(8, 5 + 2.5 * len(panels)), height_ratios=[2] + [1] * len(panels))
-    ax = axes[0, 0]
-    for (group, curve), color in zip(curves, colors):
-        if curve is None:  # still listed, so a failed setting does not silently vanish from the figure
-            ax.plot([], [], " ", color="none", label=f"{group.label}: no epochs logged ({status_counts(group.runs)})")
-            continue
-        seeds = sum(1 for run in group.runs if len(run.steps))
-        draw_curve(ax, curve, color, marker, label=f"{group.label} ({seeds} seed{'s' if seeds != 1 else ''})")
-    ax.set_title(default_title(groups) if title is None else title)
-    ax.set_ylabel("average episode return (AverageEpRet, undiscounted)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
-    if longest == 0:
-        ax.text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center", transform=ax.transAxes)
-    for key, panel in zip(panels, axes[1:, 0]):
-        draw_panel(panel, groups, colors, key, marker)
-    axes[-1, 0].set_xlabel("environment steps (TotalEnvInteracts)")
+    fig, axes = plt.subplots(1 + len(panels), len(columns), sharex="col", squeeze=False, dpi=120,
+                             figsize=(8 * len(columns), 5 + 2.5 * len(panels)), height_ratios=[2] + [1] * len(panels))
+    full_title = default_title(groups) if title is None else title
+    for column, (env_id, members) in enumerate(columns):
+        ax = axes[0, column]
+        for i in members:
+            group, curve = curves[i]
+            if curve is None:  # still listed, so a failed setting does not silently vanish from the figure
+                label = f"{group.label}: no epochs logged ({status_counts(group.runs)})"
+                ax.plot([], [], " ", color="none", label=label)
+                continue
+            seeds = sum(1 for run in group.runs if len(run.steps))
+            draw_curve(ax, curve, colors[i], marker, label=f"{group.label} ({seeds} seed{'s' if seeds != 1 else ''})")
+        ax.set_title(full_title if env_id is None else env_id)
+        ax.set_ylabel("average episode return (AverageEpRet, undiscounted)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        if longest == 0:
+            ax.text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center", transform=ax.transAxes)
+        column_groups, column_colors = [groups[i] for i in members], [colors[i] for i in members]
+        for key, panel in zip(panels, axes[1:, column]):
+            draw_panel(panel, column_groups, column_colors, key, marker)
+        axes[-1, column].set_xlabel("environment steps (TotalEnvInteracts)")
+    if len(columns) > 1:
+        fig.suptitle(full_title)
     fig.tight_layout()
     return fig
 
