@@ -7,6 +7,7 @@ hand-written surrogates. Everything runs in float64 on tiny networks so the tole
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -701,6 +702,22 @@ def surrogate_of(policy, batch: Batch) -> float:
     with torch.no_grad():
         logp = policy.distribution(batch.obs).log_prob(batch.actions)
     return (torch.exp(logp - batch.logp_old) * batch.advantages).mean().item()
+
+
+@pytest.mark.parametrize("make", [make_trpo, make_npg], ids=["trpo", "npg"])
+@pytest.mark.parametrize("natural_lr", [None, 20.0])
+def test_all_zero_advantages_leave_the_policy_as_it_was(make, natural_lr):
+    """g = 0 (every advantage 0, as normalising constant advantages gives): the step is 0, not inf * 0 = NaN, so
+    the policy stays bit for bit and every stat is finite; TRPO's line search finds no gain and keeps it."""
+    policy = small_policy("gaussian", seed=4)
+    batch = dataclasses.replace(random_batch(policy, seed=4), advantages=torch.zeros(BATCH_SIZE, dtype=torch.float64))
+    before = flat_params(list(policy.parameters()))
+    rule = make(policy, 0.01)
+    rule.natural_lr = natural_lr
+    stats = rule.policy_step(batch)
+    assert torch.equal(flat_params(list(policy.parameters())), before)
+    assert all(math.isfinite(value) for value in stats.values())
+    assert stats["StepScale"] == 0 and stats["KL"] == 0
 
 
 def test_npg_takes_the_full_step_that_trpo_shrinks_and_flags_what_the_line_search_would_refuse():

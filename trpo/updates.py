@@ -346,9 +346,10 @@ class _NaturalGradientStep:
         hx = hessian_vector_product(x)
         self.full_step = max_step(x, hx, delta, max_multiplier)
         # The step's length against the boundary's (from its quadratic KL model 1/2 s^T H s, s a multiple of x):
-        # 1 for TRPO's step, less where natural_lr caps it.
-        model_kl = 0.5 * (self.full_step @ hx) ** 2 / (x @ hx)
-        self.step_scale = torch.sqrt(model_kl / delta).item()
+        # 1 for TRPO's step, less where natural_lr caps it, 0 where g = 0 or delta = 0 (a linear schedule's end).
+        quadratic = (x @ hx).item()
+        model_kl = 0.5 * (self.full_step @ hx).item() ** 2 / quadratic if quadratic > 0 else 0.0
+        self.step_scale = math.sqrt(model_kl / delta) if delta > 0 else 0.0
         self.params_old = flat_params(self.params)
 
     def evaluate(self, candidate: torch.Tensor) -> tuple[float, float]:
