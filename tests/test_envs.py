@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,34 +12,56 @@ from trpo.config import ConfigError
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env, make_env_batch
 
 
+@dataclass
+class Rollout:
+    """What one env did, step by step: the oracle for that env's column of an env batch."""
+
+    obs: np.ndarray  # after each step (the reset one where an episode ended), the first reset's in front
+    rewards: np.ndarray
+    final_obs: np.ndarray  # the step's own next observation, before any reset
+    terminated: np.ndarray
+    truncated: np.ndarray  # cut by the time limit and not terminal
+    returns: list[float]  # of the episodes that ended, in order
+    lengths: list[int]
+
+
 def single_env_rollout(
     env_id: str, max_ep_len: int, seed: int, actions: np.ndarray, clip_actions: bool = True
-) -> tuple[list, list, np.ndarray]:
+) -> Rollout:
     """One plain Gymnasium env driven by ``actions`` (clipped to the box if ``clip_actions``), reset on episode end:
     the oracle."""
     env = gym.make(env_id, max_episode_steps=max_ep_len)
     obs, _ = env.reset(seed=seed)
-    returns, rewards, total = [], [], 0.0
-    observations = [obs]
+    observations, rewards, final_obs, terminals, cuts, returns, lengths = [obs], [], [], [], [], [], []
+    total, length = 0.0, 0
     for action in actions:
         if clip_actions:
             action = np.clip(action, env.action_space.low, env.action_space.high)
         obs, reward, terminated, truncated, _ = env.step(action)
         rewards.append(reward)
-        total += reward
+        final_obs.append(obs)
+        terminals.append(terminated)
+        cuts.append(truncated and not terminated)
+        total, length = total + reward, length + 1
         if terminated or truncated:
             returns.append(total)
-            total = 0.0
+            lengths.append(length)
+            total, length = 0.0, 0
             obs, _ = env.reset()
         observations.append(obs)
-    return returns, rewards, np.array(observations, dtype=np.float32)
+    as_float32 = lambda rows: np.array(rows, dtype=np.float32)  # noqa: E731
+    return Rollout(
+        as_float32(observations), np.array(rewards), as_float32(final_obs), np.array(terminals), np.array(cuts),
+        returns, lengths,
+    )
 
 
 @pytest.mark.parametrize("clip_actions", [True, False])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batched_envs_match_single_envs(workers: int, clip_actions: bool) -> None:
-    """Env i of a batch seeded with s gives the same rewards, observations and episode returns as a lone env
-    seeded with s + i fed the same actions, including episodes that end (time limit 30) and reset mid-batch.
+    """Env i of a batch seeded with s gives the same rewards, observations, episode ends (terminated, or cut by
+    the time limit 30), last observations before a reset (what a cut episode is bootstrapped from), and episode
+    returns and lengths as a lone env seeded with s + i fed the same actions, with episodes ending mid-batch.
     The actions reach 1.5 against Hopper's bound of 1: clipped only with ``clip_actions`` (Hopper's control cost
     charges the action it is given, so an unclipped one shows in the rewards)."""
     env_id, max_ep_len, num_envs, seed, steps = "Hopper-v5", 30, 3, 7, 80
@@ -50,23 +74,26 @@ def test_batched_envs_match_single_envs(workers: int, clip_actions: bool) -> Non
     )
     try:
         obs = [batch.reset(seed=seed)]
-        rewards, finished = [], []
-        for t in range(steps):
-            result = batch.step(actions[t])
-            obs.append(result.obs)
-            rewards.append(result.rewards)
-            finished += result.finished_returns
+        results = [batch.step(actions[t]) for t in range(steps)]
     finally:
         batch.close()
-    obs, rewards = np.array(obs), np.array(rewards)
-    all_returns = []
+    obs += [result.obs for result in results]
+    column = lambda field: np.array([getattr(result, field) for result in results])  # noqa: E731
+    finished = [(r, n) for result in results for r, n in zip(result.finished_returns, result.finished_lengths)]
+    expected_finished = []
     for i in range(num_envs):
-        returns, env_rewards, env_obs = single_env_rollout(env_id, max_ep_len, seed + i, actions[:, i], clip_actions)
-        np.testing.assert_array_equal(rewards[:, i], env_rewards)
-        np.testing.assert_array_equal(obs[:, i], env_obs)
-        all_returns += returns
-        assert len(returns) >= 2  # episodes did end and reset inside the test
-    assert sorted(finished) == pytest.approx(sorted(all_returns))
+        oracle = single_env_rollout(env_id, max_ep_len, seed + i, actions[:, i], clip_actions)
+        np.testing.assert_array_equal(column("rewards")[:, i], oracle.rewards)
+        np.testing.assert_array_equal(np.array(obs)[:, i], oracle.obs)
+        np.testing.assert_array_equal(column("final_obs")[:, i], oracle.final_obs)
+        np.testing.assert_array_equal(column("terminated")[:, i], oracle.terminated)
+        np.testing.assert_array_equal(column("truncated")[:, i], oracle.truncated)
+        expected_finished += list(zip(oracle.returns, oracle.lengths))
+        assert len(oracle.returns) >= 2  # episodes did end and reset inside the test
+    finished, expected_finished = sorted(finished), sorted(expected_finished)
+    assert [r for r, _ in finished] == pytest.approx([r for r, _ in expected_finished])
+    assert [n for _, n in finished] == [n for _, n in expected_finished]
+    assert column("terminated").any() and column("truncated").any()  # both kinds of episode end were checked
 
 
 @pytest.mark.parametrize("workers", [0, 2])
