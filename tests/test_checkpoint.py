@@ -140,6 +140,52 @@ def test_resume_before_the_first_checkpoint_starts_clean(tmp_path: Path, cartpol
     assert [r["Epoch"] for r in read_rows(run_dir)] == ["0", "1"]
 
 
+class _Stopped(Exception):
+    """Stands for a process stopped right after a checkpoint."""
+
+
+PENDULUM = ["env=pendulum", "env.max_ep_len=50", "epochs=4", "steps_per_epoch=256", "sampler.num_envs=4",
+            "sampler.workers=0", "save_freq=1", "eval.episodes=1", "overlap_value_fit=false"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["experiment=mujoco"],
+        ["experiment=mujoco", "policy.distribution=gaussian", "policy.final_log_std=-1.0",
+         "optimizer.delta_schedule=linear"],
+        ["optimizer=vpg", "sampler.normalize_obs=true", "sampler.normalize_rewards=true"],
+    ],
+    ids=["general-preset", "gaussian-schedules", "vpg"],
+)
+def test_a_run_stopped_after_a_checkpoint_continues_as_if_never_stopped(
+    tmp_path: Path, monkeypatch, settings: list[str]
+) -> None:
+    """With what the presets switch on (observation and reward normalisers, minibatch critic with a decaying
+    learning rate, Beta policy, natural_lr cap, log-std and delta schedules; VPG's own Adam state), a run stopped
+    after epoch 2's checkpoint and relaunched gives the rows of a run that never stopped."""
+    overrides = [*PENDULUM, *settings, "logger.mode=disabled"]
+    reference = tmp_path / "reference"
+    Runner(compose_config(overrides), RunIdentity(reference)).run()
+
+    stopped = tmp_path / "stopped"
+    save = Runner._save
+
+    def save_then_stop(self, parts, state, eval_ep_ret):
+        save(self, parts, state, eval_ep_ret)
+        if state.epoch == 2:
+            raise _Stopped
+
+    monkeypatch.setattr(Runner, "_save", save_then_stop)
+    with pytest.raises(_Stopped):
+        Runner(compose_config(overrides), RunIdentity(stopped)).run()
+    assert load_checkpoint(stopped)["epoch"] == 2
+    monkeypatch.setattr(Runner, "_save", save)
+    Runner(compose_config(overrides), RunIdentity(stopped)).run()
+    assert [r["Epoch"] for r in read_rows(stopped)] == ["0", "1", "2", "3"]
+    assert without_wall_clock(read_rows(stopped)) == without_wall_clock(read_rows(reference))
+
+
 # 2. Env state round trip ----------------------------------------------------------------------------------------
 
 
@@ -275,6 +321,15 @@ def test_crafted_checkpoint_is_refused_without_running_code(tmp_path: Path, writ
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path)
     assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("content", [{"format": 999, "epoch": 1}, {"epoch": 1}, [1, 2]], ids=["future", "none", "list"])
+def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path, content) -> None:
+    """A loadable file that is not a checkpoint of this format (a later version, none, not a dict) is refused by
+    name, not read as one."""
+    torch.save(content, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="has an unknown format"):
+        load_checkpoint(tmp_path)
 
 
 # 5. Refusals: one line, exit status 2, no traceback -------------------------------------------------------------

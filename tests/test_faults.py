@@ -526,6 +526,7 @@ def test_a_config_refused_while_the_run_is_built_closes_the_env_workers(tmp_path
     import multiprocessing
 
     cfg = compose_config([*CARTPOLE, "sampler.workers=1", "policy.distribution=beta"])
+    before = set(multiprocessing.active_children())  # what earlier tests may have left is not this run's
     with pytest.raises(ConfigError, match="policy.distribution"):
         Runner(cfg, RunIdentity(tmp_path)).run()
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) <= before

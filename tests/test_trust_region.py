@@ -325,6 +325,24 @@ def test_beta_policy_acts_inside_the_box_with_the_stretched_betas_probabilities(
     assert (high - actions.max(0).values < 0.05 * (high - low)).all()
 
 
+def test_orthogonal_initialisation_has_the_stated_gains_and_zero_biases():
+    """policy.ortho_init: each weight matrix W of shape (out, in) is orthogonal times its gain, i.e. W W^T (out <=
+    in) or W^T W (out > in) is gain^2 I: sqrt(2) in hidden layers, 0.01 on the policy's output, 1 on the critic's.
+    The biases are 0."""
+    obs_space = gym.spaces.Box(-1.0, 1.0, (OBS_DIM,))
+    policy = make_policy(obs_space, ACTION_SPACES["gaussian"], [16, 3], "tanh", -0.5, ortho_init=True)
+    critic = ValueFunction(OBS_DIM, [16, 3], "tanh", ortho_init=True)
+    for net, output_gain in ((policy.mean_net, 0.01), (critic.net, 1.0)):
+        linears = [layer for layer in net if isinstance(layer, torch.nn.Linear)]
+        assert len(linears) == 3
+        for i, layer in enumerate(linears):
+            gain = output_gain if i == len(linears) - 1 else math.sqrt(2)
+            w = layer.weight.detach().double()
+            gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+            torch.testing.assert_close(gram, gain**2 * torch.eye(len(gram), dtype=torch.float64), atol=1e-6, rtol=0)
+            assert not layer.bias.any()
+
+
 @pytest.mark.parametrize(
     "space, options, message",
     [

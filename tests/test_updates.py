@@ -3,9 +3,12 @@ schedule) and the advantages' normalisation before the policy step."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+import trpo.updates
 from trpo.buffer import Batch
 from trpo.networks import GaussianPolicy, ValueFunction
 from trpo.updates import VPG
@@ -52,6 +55,48 @@ def test_value_fit_visits_every_row_once_per_pass_and_lowers_the_loss(minibatche
             assert rows.tolist() != list(range(ROWS))  # shuffled
             assert all(len(s) == ROWS // minibatches for s in value_function.seen)
     assert stats["DeltaLossV"] < 0
+
+
+@pytest.mark.parametrize("minibatches", [1, 4])
+def test_value_fit_is_adam_on_each_minibatchs_mean_squared_error(minibatches: int) -> None:
+    """The fit against Adam written out by hand (beta 0.9 / 0.999, eps 1e-8, bias-corrected) on
+    mean((V(s) - R)^2) over the same minibatch rows: the same weights, LossV the full batch's loss before,
+    DeltaLossV its change."""
+    torch.manual_seed(0)
+    rule = VPG(GaussianPolicy(OBS_DIM, 1, [8], "tanh", -0.5), ValueFunction(OBS_DIM, [16], "tanh"),
+               pi_lr=1e-3, train_pi_iters=1, gamma=0.99, lam=0.97, vf_lr=1e-2, train_v_iters=3,
+               vf_minibatches=minibatches)
+    batch = value_batch()
+    job = rule.value_fit_job(batch)
+    oracle = copy.deepcopy(rule.value_function)
+    params = list(oracle.parameters())
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+
+    def loss(rows=slice(None)) -> torch.Tensor:
+        errors = oracle(batch.obs[rows]) - batch.returns[rows]
+        return (errors**2).sum() / len(errors)
+
+    with torch.no_grad():
+        loss_before = loss().item()
+    step = 0
+    for minibatch_rows in job.passes:
+        for rows in minibatch_rows:
+            step += 1
+            grads = torch.autograd.grad(loss(rows), params)
+            with torch.no_grad():
+                for p, g, m_p, v_p in zip(params, grads, m, v):
+                    m_p.mul_(0.9).add_(0.1 * g)
+                    v_p.mul_(0.999).add_(0.001 * g * g)
+                    p -= 1e-2 * (m_p / (1 - 0.9**step)) / ((v_p / (1 - 0.999**step)).sqrt() + 1e-8)
+    with torch.no_grad():
+        loss_after = loss().item()
+
+    stats = trpo.updates.fit_value_function(rule.value_function, rule.vf_optimizer, job)
+    assert step == 3 * minibatches
+    for fitted, expected in zip(rule.value_function.parameters(), params):
+        torch.testing.assert_close(fitted, expected, rtol=1e-5, atol=1e-6)
+    assert stats["LossV"] == pytest.approx(loss_before, rel=1e-6)
+    assert stats["DeltaLossV"] == pytest.approx(loss_after - loss_before, rel=1e-4, abs=1e-6)
 
 
 def test_full_batch_value_fit_draws_no_random_numbers() -> None:
