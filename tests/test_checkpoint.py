@@ -39,7 +39,7 @@ from tests.conftest import (
 from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from trpo.compare import read_run
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
-from trpo.runner import RunIdentity, Runner
+from trpo.runner import RunIdentity, Runner, restore_trained_hydra_files
 
 
 CARTPOLE = ["env=cartpole", *TINY, "sampler.num_envs=2", "sampler.workers=0", "save_freq=1"]
@@ -449,20 +449,51 @@ def test_a_checkpoint_from_before_the_key_names_changed_is_still_checked(tmp_pat
         Runner(cfg, RunIdentity(run_dir)).run()
 
 
-def test_a_refused_relaunch_leaves_the_run_as_it_was_trained(tmp_path: Path) -> None:
-    """Hydra saves the relaunch's config and overrides into the run's .hydra/ before the refusal: the trained ones
-    are put back, and no error.txt marks the run failed, so it still evaluates (and compares) as what it is."""
+def test_a_relaunch_that_does_not_train_leaves_the_run_as_it_was_trained(tmp_path: Path) -> None:
+    """Hydra saves each relaunch's config and overrides into the run's .hydra/ before anything is checked. Refused
+    by the checkpoint, refused as a bad value, or finding the run finished (with other eval settings): every time
+    the trained files are put back and no error.txt marks the run failed, so it still evaluates (and compares) as
+    what it is."""
     run_dir = tmp_path / "run"
     args = ["env=cartpole", *TINY, "sampler.num_envs=2", f"hydra.run.dir={run_dir}"]
     assert launch(args).returncode == 0
     trained = {path.name: path.read_bytes() for path in (run_dir / ".hydra").iterdir()}
     assert set(trained) == {"config.yaml", "overrides.yaml", "hydra.yaml"}
     assert_one_line_refusal(launch([*args, "optimizer.delta=0.02"]), "optimizer.delta=0.01", "another run dir")
+    assert_one_line_refusal(launch([*args, "optimizer.delta=-1"]), "optimizer.delta")
+    finished = launch([*args, "eval.episodes=3"])
+    assert finished.returncode == 0 and "already finished" in finished.stdout
     assert {path.name: path.read_bytes() for path in (run_dir / ".hydra").iterdir()} == trained
     assert not (run_dir / "error.txt").exists()
     assert read_run(run_dir).status == "finished"
     evaluated = launch(["task=eval", f"checkpoint={run_dir}", "logger.mode=disabled", f"hydra.run.dir={tmp_path}/e"])
     assert evaluated.returncode == 0, evaluated.stderr
+
+
+def test_the_trained_hydra_files_come_back_from_the_checkpoint(tmp_path: Path, cartpole_run: Path) -> None:
+    """restore_trained_hydra_files: every file a checkpoint kept; only config.yaml from one written before
+    2026-12-07 (its "config"); nothing, and no error, from a corrupt one."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cartpole_run, run_dir)
+    hydra_dir = run_dir / ".hydra"
+    checkpoint = {k: v for k, v in load_checkpoint(run_dir).items() if k not in ("format", "hydra_files")}
+    names = ("config.yaml", "overrides.yaml", "hydra.yaml")
+
+    save_checkpoint(run_dir, {**checkpoint, "hydra_files": {name: f"trained {name}" for name in names}})
+    for name in names:
+        (hydra_dir / name).write_text("relaunched")
+    restore_trained_hydra_files(run_dir)
+    assert [(hydra_dir / name).read_text() for name in names] == [f"trained {name}" for name in names]
+
+    save_checkpoint(run_dir, {**checkpoint, "config": "old-format config"})
+    for name in names:
+        (hydra_dir / name).write_text("relaunched")
+    restore_trained_hydra_files(run_dir)
+    assert [(hydra_dir / name).read_text() for name in names] == ["old-format config", "relaunched", "relaunched"]
+
+    (run_dir / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    restore_trained_hydra_files(run_dir)
+    assert (hydra_dir / "config.yaml").read_text() == "old-format config"
 
 
 def test_a_run_with_a_linear_schedule_is_not_extended_to_more_epochs(tmp_path: Path) -> None:

@@ -31,10 +31,10 @@ class RecordingEnvBatch(EnvBatch):
 
 def test_an_epoch_holds_normalised_observations_scaled_rewards_and_the_policys_own_samples() -> None:
     """Hopper, 2 envs x 40 steps, episodes cut at 25 steps or ending early. Replaying the envs' raw stream through
-    fresh normalisers: each stored observation is normalised by the statistics of every observation before it,
-    each next observation (the state before a reset) by those including its step's, and each reward is scaled as
-    the scaler sees the stream. The actions are the policy's samples, unclipped (the env clips them); log pi_old
-    is the policy's log-probability of them; the returns and lengths reported are the env's raw ones."""
+    fresh normalisers: each stored observation is normalised by the statistics of every observation up to and
+    including it, each next observation (the state before a reset) by those including its step's, and each reward
+    is scaled as the scaler sees the stream. The actions are the policy's samples, unclipped (the env clips them);
+    log pi_old is the policy's log-probability of them; the returns and lengths reported are the env's raw ones."""
     torch.manual_seed(0)
     num_envs, steps, gamma = 2, 40, 0.99
     envs = RecordingEnvBatch("Hopper-v5", 25, num_envs)

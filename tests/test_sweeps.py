@@ -197,6 +197,15 @@ def test_failed_job_is_named_and_fails_the_sweep(tmp_path: Path) -> None:
     assert "FAILED job #1: optimizer.delta=-1" in summary
     assert "optimizer.delta=-1 is not allowed: must be > 0" in summary
 
+    # The same sweep dir relaunched with another delta: job 0's trained run refuses it and stays as it was trained
+    # (its Hydra files put back, no error.txt), while the summary still names the refusal.
+    trained = {name: (sweep_dir / "0" / ".hydra" / name).read_bytes() for name in ("config.yaml", "overrides.yaml")}
+    again = launch(["-m", "optimizer.delta=0.02,-1", *SWEEP_TINY, f"hydra.sweep.dir={sweep_dir}"], timeout=600)
+    assert again.returncode != 0
+    assert {name: (sweep_dir / "0" / ".hydra" / name).read_bytes() for name in trained} == trained
+    assert not (sweep_dir / "0" / "error.txt").exists()
+    assert "FAILED job #0: optimizer.delta=0.02" in again.stderr and "another run dir" in again.stderr
+
 
 @pytest.mark.slow
 def test_failed_job_in_a_parallel_sweep(tmp_path: Path) -> None:

@@ -752,7 +752,7 @@ def test_all_zero_advantages_leave_the_policy_as_it_was(make, natural_lr):
     stats = rule.policy_step(batch)
     assert torch.equal(flat_params(list(policy.parameters())), before)
     assert all(math.isfinite(value) for value in stats.values())
-    assert stats["StepScale"] == 0 and stats["KL"] == 0
+    assert stats["StepScale"] == 0 and stats["KL"] == 0 and stats["BacktrackIters"] == 0
 
 
 def test_npg_takes_the_full_step_that_trpo_shrinks_and_flags_what_the_line_search_would_refuse():

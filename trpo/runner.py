@@ -50,13 +50,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class RelaunchRefused(CheckpointError):
-    """A relaunch into a trained run's dir with a config that cannot continue its checkpoint. The run is left as it
-    was trained, so it is not marked failed either (no ``error.txt``)."""
-
-
-# Hydra rewrites these for every launch into a run dir, before the Runner can refuse it; a checkpoint keeps the
-# trained run's own, to put back on a refusal.
+# Hydra rewrites these for every launch into a run dir, before the config is checked; each checkpoint keeps the
+# ones its run was trained with, to put back after a launch that did not train it.
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
 
 
@@ -64,6 +59,21 @@ def read_hydra_files(run_dir: Path) -> dict[str, str]:
     """The texts of the run's ``.hydra`` files that exist, by name."""
     hydra_dir = run_dir / ".hydra"
     return {name: (hydra_dir / name).read_text() for name in HYDRA_FILES if (hydra_dir / name).is_file()}
+
+
+def restore_trained_hydra_files(run_dir: Path) -> None:
+    """Make the run's ``.hydra`` files those its checkpoint was saved with. After a launch that trained (and so
+    saved), they are already; after one that was refused, or found the run finished, Hydra's rewrite is undone, so
+    the run is still evaluated, resumed and compared as what it is. Checkpoints written before 2026-12-07 kept only
+    the config, as ``config``."""
+    try:
+        checkpoint = load_checkpoint(run_dir)
+    except CheckpointError:
+        return  # nothing trustworthy to put back; the launch has said what is wrong with it
+    for name, text in checkpoint.get("hydra_files", {"config.yaml": checkpoint.get("config")}).items():
+        path = run_dir / ".hydra" / name
+        if text is not None and path.is_file() and path.read_text() != text:
+            path.write_text(text)
 
 
 class NonFiniteError(RuntimeError):
@@ -173,9 +183,7 @@ class Runner:
 
     def _check_continuable(self, checkpoint: dict) -> None:
         """Refuse to continue ``checkpoint`` with this config where a key it was trained with differs, or where
-        other ``epochs`` would make its schedules jump. Hydra has by then saved this launch's config and overrides
-        in the run's ``.hydra/``: a refusal puts back the files the checkpoint was trained with, so the run can
-        still be evaluated, resumed and compared as it is."""
+        other ``epochs`` would make its schedules jump."""
         cfg = self.cfg
         try:
             check_compatible(checkpoint, training_keys(cfg))
@@ -186,12 +194,7 @@ class Runner:
                     "schedules (vf_lr_schedule, delta_schedule, final_log_std) would jump"
                 )
         except CheckpointError as error:
-            # Checkpoints written before 2026-12-07 kept only the config, as "config".
-            old_format = {"config.yaml": checkpoint.get("config")}
-            for name, text in checkpoint.get("hydra_files", old_format).items():
-                if text is not None and (self.run_dir / ".hydra" / name).is_file():
-                    (self.run_dir / ".hydra" / name).write_text(text)
-            raise RelaunchRefused(f"{error} (train this config in another run dir)") from None
+            raise CheckpointError(f"{error} (train this config in another run dir)") from None
 
     def _train(self, checkpoint: dict | None, cleanup: contextlib.ExitStack) -> float:
         """Build the run's parts (restored from ``checkpoint``, if any) and its loggers, registering each with
@@ -469,9 +472,10 @@ def run_from_hydra(cfg: DictConfig) -> float:
     """Validate the composed config, name the run from Hydra's runtime, and train (or resume, or evaluate) it.
 
     A refused config or checkpoint is reported as one line on stderr and in ``error.txt`` in the job's dir,
-    before any env or W&B run exists; a refused relaunch into a trained run's dir leaves that run unmarked. A single
-    run then exits with status 2; a sweep's job raises, so Hydra marks that job failed and the other jobs go on. A
-    run that crashes leaves its error in ``error.txt`` too.
+    before any env or W&B run exists. A single run then exits with status 2; a sweep's job raises, so Hydra marks
+    that job failed and the other jobs go on. A run that crashes leaves its error in ``error.txt`` too. A launch into
+    a trained run's dir that does not train it (refused, or the run already finished) leaves the run as it was
+    trained: no ``error.txt``, and its ``.hydra`` files put back (:func:`restore_trained_hydra_files`).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -482,6 +486,7 @@ def run_from_hydra(cfg: DictConfig) -> float:
     # One W&B group per sweep, so the dashboard can put a sweep's runs side by side.
     group = cfg.logger.group or (f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None)
     identity = RunIdentity(job_dir, name=hydra_cfg.job.override_dirname or "default", group=group)
+    relaunch = (job_dir / CHECKPOINT_NAME).exists()  # into a trained run's dir
     try:
         validate(cfg)
         if cfg.task == "eval":
@@ -495,7 +500,7 @@ def run_from_hydra(cfg: DictConfig) -> float:
             cfg, identity = resumed_run(Path(cfg.resume))
         return Runner(cfg, identity).run()
     except (ConfigError, CheckpointError) as error:
-        if not isinstance(error, RelaunchRefused):
+        if not relaunch:
             (job_dir / "error.txt").write_text(f"{error}\n")
         print(f"error: {error}", file=sys.stderr)
         if multirun:
@@ -504,6 +509,9 @@ def run_from_hydra(cfg: DictConfig) -> float:
     except Exception as error:
         (job_dir / "error.txt").write_text(f"run failed: {type(error).__name__}: {error}\n")
         raise
+    finally:
+        if relaunch:
+            restore_trained_hydra_files(job_dir)
 
 
 def resumed_run(run_dir: Path) -> tuple[DictConfig, RunIdentity]:

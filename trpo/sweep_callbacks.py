@@ -16,7 +16,8 @@ How Hydra 1.3 handles a failed job, and why this callback is built the way it is
 
 So the record of each job is kept on disk, next to the job's outputs: ``on_job_end`` writes
 ``.hydra/job_return.yaml`` in the job's dir (and ``error.txt`` when the job failed and did not write one
-itself), and the summary scans the sweep dir for them. The summary is printed by ``on_multirun_end`` or, when
+itself, unless the dir holds a trained run that the job only failed to relaunch), and the summary scans the sweep
+dir for them. The summary is printed by ``on_multirun_end`` or, when
 the sweeper raised, just before the process exits; a sweep with a failed job exits non-zero either way.
 Jobs that ran on another machine are seen only where the sweep dir is on a shared filesystem (as on a SLURM
 cluster).
@@ -35,6 +36,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from trpo.checkpoint import CHECKPOINT_NAME
 
 STATUS_FILE = Path(".hydra") / "job_return.yaml"
 ERROR_FILE = "error.txt"
@@ -115,9 +118,11 @@ class SweepSummary(Callback):
             result = job_return._return_value  # the public property re-raises the failure, which we only record
             message = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else str(result)
             error_file = job_dir / ERROR_FILE
-            if not error_file.exists():  # run_from_hydra writes its own for a refused config or a crash
+            # run_from_hydra writes its own for a refused config or a crash, and none for a refused relaunch into
+            # a trained run's dir, which stays as it was trained.
+            if not error_file.exists() and not (job_dir / CHECKPOINT_NAME).exists():
                 error_file.write_text(f"{message}\n")
-            record["error"] = _first_line(error_file.read_text()) or message
+            record["error"] = (_first_line(error_file.read_text()) if error_file.exists() else "") or message
         status_file = job_dir / STATUS_FILE
         status_file.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(record), status_file)

@@ -148,8 +148,9 @@ def max_step(x: torch.Tensor, hx: torch.Tensor, delta: float, max_multiplier: fl
     the damping's share. ``max_multiplier`` :math:`\eta` (default :math:`\infty`: TRPO) caps it at the
     natural-gradient step :math:`\eta x`, the classical trust-region rule: take the model's own step when it
     lies inside the region, and the boundary only when it does not. Then a gradient that is small (advantages
-    near zero once a task is solved) moves the policy a little, not a full :math:`\delta`. A zero :math:`x` (every
-    advantage 0, so :math:`g = 0`) gives the zero step, not :math:`\infty \cdot 0`."""
+    near zero once a task is solved) moves the policy a little, not a full :math:`\delta`. A direction without
+    positive curvature, :math:`x = 0` (every advantage 0, so :math:`g = 0`), gives the zero step, not
+    :math:`\infty \cdot 0`."""
     quadratic = x @ hx
     if quadratic <= 0:
         return torch.zeros_like(x)

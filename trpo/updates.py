@@ -248,6 +248,8 @@ class TRPO(_KLLimitedRule):
 
     def policy_step(self, batch: Batch) -> dict[str, float]:
         step = self.natural_gradient_step(batch)
+        if not step.full_step.any():  # g = 0: nothing to search along, and no failed search to report
+            return step.stats(step.surrogate_old, 0.0, BacktrackIters=0)
         result = backtracking_line_search(
             step.evaluate,
             step.params_old,
@@ -346,7 +348,7 @@ class _NaturalGradientStep:
         hx = hessian_vector_product(x)
         self.full_step = max_step(x, hx, delta, max_multiplier)
         # The step's length against the boundary's (from its quadratic KL model 1/2 s^T H s, s a multiple of x):
-        # 1 for TRPO's step, less where natural_lr caps it, 0 where g = 0 or delta = 0 (a linear schedule's end).
+        # 1 for TRPO's step, less where natural_lr caps it, 0 where g = 0 or delta = 0 (as anneal(1.0) sets it).
         quadratic = (x @ hx).item()
         model_kl = 0.5 * (self.full_step @ hx).item() ** 2 / quadratic if quadratic > 0 else 0.0
         self.step_scale = math.sqrt(model_kl / delta) if delta > 0 else 0.0
