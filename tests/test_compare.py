@@ -6,20 +6,19 @@ on paper; the last one compares a real tiny sweep made by launch.py.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, launch
+from tests.conftest import BASE_CONFIG, ROOT, TINY, launch, write_run
 from trpo.compare import (
     cpu_model,
     differing_keys,
@@ -33,69 +32,6 @@ from trpo.compare import (
     parse_args,
     read_run,
 )
-
-BASE_CONFIG: dict[str, Any] = {
-    "seed": 0,
-    "epochs": 3,
-    "steps_per_epoch": 100,
-    "save_freq": 10,
-    "env": {"id": "CartPole-v1", "max_ep_len": 500},
-    "policy": {"hidden_sizes": [64, 64], "activation": "tanh"},
-    "optimizer": {"delta": 0.01, "lam": 0.97},
-    "logger": {"mode": "disabled", "group": None, "tags": []},
-}
-
-
-def write_run(
-    run_dir: Path,
-    returns: list[float],
-    eval_return: Optional[float] = None,
-    error: Optional[str] = None,
-    progress: bool = True,
-    steps_per_epoch: int = 100,
-    config: Optional[dict[str, Any]] = None,
-    columns: Optional[dict[str, list[Optional[float]]]] = None,
-    optimizer: Optional[dict[str, Any]] = None,
-) -> Path:
-    """A run dir as launch.py leaves it: BASE_CONFIG with ``config``'s dotted keys set, one row per return.
-
-    ``columns``: more progress.csv columns, one value per epoch (None: an empty cell); ``optimizer`` replaces
-    the whole optimizer section (as choosing ``optimizer=vpg`` does).
-    """
-    full = yaml.safe_load(yaml.safe_dump(BASE_CONFIG))  # a deep copy
-    if optimizer is not None:
-        full["optimizer"] = dict(optimizer)
-    override_list = []
-    for key, value in (config or {}).items():
-        *parents, leaf = key.split(".")
-        node = full
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-        override_list.append(f"{key}={value}")
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(full))
-    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(override_list))
-    if progress:
-        with open(run_dir / "progress.csv", "w", newline="") as f:
-            extra = {"KL": [0.01] * len(returns), **(columns or {})}
-            evaluated = extra.pop("EvalEpRet", [None] * len(returns))  # evaluations during training (eval.freq)
-            writer = csv.DictWriter(f, ["Epoch", "AverageEpRet", "TotalEnvInteracts", *extra, "EvalEpRet"])
-            writer.writeheader()
-            for epoch, ret in enumerate(returns):
-                last = epoch == len(returns) - 1
-                writer.writerow({
-                    "Epoch": epoch,
-                    "AverageEpRet": "nan" if math.isnan(ret) else ret,
-                    "TotalEnvInteracts": (epoch + 1) * steps_per_epoch,
-                    **{key: "" if values[epoch] is None else values[epoch] for key, values in extra.items()},
-                    "EvalEpRet": eval_return if (last and eval_return is not None) else (
-                        "" if evaluated[epoch] is None else evaluated[epoch]
-                    ),
-                })
-    if error is not None:
-        (run_dir / "error.txt").write_text(error)
-    return run_dir
 
 
 @pytest.fixture

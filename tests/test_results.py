@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from tests.test_compare import write_run
+from tests.conftest import write_run
 from trpo.compare import read_run
 from trpo.results import main
 
