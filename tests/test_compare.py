@@ -384,6 +384,55 @@ def test_table_labels_for_optimizer_choice(tmp_path: Path, capsys: pytest.Captur
     assert "| VPG pi_lr=0.0123 | 1 | 0 | – | 2.00 ± 0.00 | 200 | 1 incomplete | n/a |" in out
 
 
+def preset_run(run_dir: Path, overrides: list[str], **config: Any) -> Path:
+    """A run launched with ``overrides`` (as typed) whose composed config has the dotted keys ``config``."""
+    write_run(run_dir, [1, 2, 3], eval_return=4, config=config)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return run_dir
+
+
+WALKER_PRESET = {"optimizer.delta": 0.01, "optimizer.lam": 0.97, "policy.distribution": "gaussian"}
+GENERAL_PRESET = {"optimizer.delta": 0.05, "optimizer.lam": 0.95, "policy.distribution": "beta"}
+
+
+def test_preset_runs_are_labelled_by_their_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Runs of two presets: labelled by what was typed, less what every run shares (overlap_value_fit=false)
+    and what never splits groups (seed, logger.*, hydra.*); compare.md lists the differing config too."""
+    common = ["overlap_value_fit=false", "logger.mode=disabled"]
+    for seed in (0, 1):
+        preset_run(tmp_path / f"w{seed}", [f"seed={seed}", "experiment=walker2d", *common,
+                                          f"hydra.run.dir=w{seed}"], seed=seed, **WALKER_PRESET)
+        preset_run(tmp_path / f"g{seed}", [f"seed={seed}", "experiment=mujoco", "env=walker2d", *common],
+                   seed=seed, **GENERAL_PRESET)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| experiment=mujoco env=walker2d | 2 | 0, 1 | 4.00 ± 0.00 |" in out
+    assert "| experiment=walker2d | 2 | 0, 1 | 4.00 ± 0.00 |" in out
+    assert ("| experiment=walker2d | optimizer.delta=0.01, optimizer.lam=0.97, policy.distribution=gaussian |"
+            in (tmp_path / "compare.md").read_text())
+
+
+@pytest.mark.parametrize("case", ["overrides differ within a group", "no overrides.yaml", "no preset chosen"])
+def test_preset_labels_fall_back_to_config_values(tmp_path: Path, case: str) -> None:
+    """Where the overrides cannot label the groups (or no preset was chosen), the labels are the differing
+    config values, as for any other runs."""
+    presets = case != "no preset chosen"
+    preset_run(tmp_path / "w0", ["experiment=walker2d"] if presets else ["optimizer.delta=0.01"], seed=0,
+               **WALKER_PRESET)
+    preset_run(tmp_path / "g0", ["experiment=mujoco", "env=walker2d"] if presets else ["optimizer.delta=0.05"],
+               seed=0, **GENERAL_PRESET)
+    if case == "overrides differ within a group":  # the same config, typed out instead of chosen by the preset
+        preset_run(tmp_path / "w1", ["env=walker2d", "optimizer.lam=0.97"], seed=1, **WALKER_PRESET)
+    if case == "no overrides.yaml":
+        (tmp_path / "w0" / ".hydra" / "overrides.yaml").unlink()
+    groups = group_runs([read_run(path) for path in sorted(tmp_path.iterdir())])
+    assert [group.label for group in groups] == [
+        "optimizer.delta=0.01, optimizer.lam=0.97, policy.distribution=gaussian",
+        "optimizer.delta=0.05, optimizer.lam=0.95, policy.distribution=beta",
+    ]
+    assert all(group.settings is None for group in groups)
+
+
 def test_real_sweep_from_launch(tmp_path: Path) -> None:
     """A real two-seed sweep of launch.py, compared through the command line as a user would."""
     sweep_dir = tmp_path / "sweep"

@@ -9,7 +9,9 @@ of all runs are compared key by key (numbers by value: ``20`` is ``20.0``), keys
 (:data:`IGNORED_KEYS`, ``logger.*``) are dropped, and runs that agree on the remaining differing keys form one group,
 labelled like ``optimizer.delta=0.05``. Runs that differ by a config group choice (``optimizer=trpo`` vs
 ``optimizer=vpg``) are labelled by the update rule's name instead, like ``TRPO`` or ``VPG pi_lr=0.01``
-(see :func:`group_labels`).
+(see :func:`group_labels`), and runs of ``experiment=`` presets by the overrides they were launched with, like
+``experiment=walker2d`` against ``experiment=mujoco env=walker2d`` (see :func:`preset_labels`; ``compare.md`` then
+lists each group's differing config values too).
 
 Into the first DIR (or ``--out-dir``) it writes ``compare.png`` (AverageEpRet against env steps, per group
 the mean over seeds with a +-std band, plus one panel per ``--panels`` key) and ``compare.md`` (when, where
@@ -72,6 +74,7 @@ class Run:
     eval_return: Optional[float]  # EvalEpRet of the last row; only a finished run has one
     error: Optional[str]  # first line of error.txt
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # every progress.csv column, one value per epoch
+    overrides: Optional[tuple[str, ...]] = None  # .hydra/overrides.yaml: the command line's overrides, as typed
 
     @property
     def seed(self) -> Optional[Any]:
@@ -108,6 +111,7 @@ class Group:
 
     label: str
     runs: list[Run] = field(default_factory=list)
+    settings: Optional[str] = None  # the differing config values, where the label is the preset chosen instead
 
 
 @dataclass
@@ -227,6 +231,17 @@ def split_table(table: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, O
     return steps, returns, eval_return
 
 
+def read_overrides(path: Path) -> Optional[tuple[str, ...]]:
+    """The overrides the run was launched with (``.hydra/overrides.yaml``); None if missing or unreadable."""
+    import yaml
+
+    try:
+        overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return tuple(map(str, overrides)) if isinstance(overrides, list) else None
+
+
 def read_error(path: Path) -> Optional[str]:
     """The first non-empty line of ``error.txt``, or None when the run has no error file."""
     file = path / "error.txt"
@@ -240,7 +255,7 @@ def read_run(path: Path) -> Run:
     """Everything :class:`Run` holds about the run dir ``path``."""
     table = read_table(path)
     steps, returns, eval_return = split_table(table)
-    run = Run(path, read_config(path), steps, returns, eval_return, read_error(path), table)
+    run = Run(path, read_config(path), steps, returns, eval_return, read_error(path), table, read_overrides(path))
     if run.epochs_planned is not None and len(steps) < run.epochs_planned:
         run.eval_return = None  # an unfinished run's last EvalEpRet is one of eval.freq's, not the final evaluation
     return run
@@ -394,12 +409,41 @@ def group_labels(configs: Sequence[Flat], conf_dir: Path = CONF_DIR) -> list[str
     return labels if len(set(labels)) == len(labels) else plain
 
 
+def override_key(override: str) -> str:
+    """``optimizer.delta`` of ``optimizer.delta=0.02``, ``+env.kwargs.x=1`` and ``~eval``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def preset_labels(groups: Sequence[Sequence[Run]]) -> Optional[list[str]]:
+    """Labels made of the overrides each group was launched with, like ``experiment=walker2d`` against
+    ``experiment=mujoco env=walker2d``, where some run chose an ``experiment=`` preset: a preset sets many keys at
+    once, and listing them all makes labels a line long. Left out: the overrides every run shares and those of
+    keys that never split groups (the seed, ``logger.*``, ``hydra.*``). None (label by config instead) unless
+    every run's overrides were read, the runs of each group share theirs, and they tell the groups apart."""
+    overrides = [run.overrides for group in groups for run in group]
+    if any(run is None for run in overrides):
+        return None
+    if not any(override_key(override) == "experiment" for run in overrides for override in run):
+        return None
+    shared = set.intersection(*(set(run) for run in overrides))
+
+    def label(run: Run) -> str:
+        kept = [o for o in run.overrides if o not in shared and not override_key(o).startswith("hydra.")]
+        return " ".join(o for o in kept if not is_ignored(override_key(o)))
+
+    per_group = [{label(run) for run in group} for group in groups]
+    if any(len(seen) != 1 for seen in per_group):
+        return None
+    labels = [seen.pop() for seen in per_group]
+    return labels if len(set(labels)) == len(labels) and all(labels) else None
+
+
 def group_runs(runs: Sequence[Run], conf_dir: Path = CONF_DIR) -> list[Group]:
     """Split runs into groups by the config values that differ between them, the seed pooled.
 
     Runs without a readable config cannot be placed, so they form one group of their own. Groups are sorted
-    by their values (numbers numerically) and labelled by :func:`group_labels`. With nothing differing, all
-    runs form one group, "all runs".
+    by their values (numbers numerically) and labelled by :func:`preset_labels` where those apply, else by
+    :func:`group_labels`. With nothing differing, all runs form one group, "all runs".
     """
     with_config = [run for run in runs if run.config is not None]
     keys = differing_keys([run.config for run in with_config])
@@ -412,7 +456,11 @@ def group_runs(runs: Sequence[Run], conf_dir: Path = CONF_DIR) -> list[Group]:
         by_values.setdefault(tuple(value_key(v) for v in values(run)), []).append(run)
     members = list(by_values.values())
     labels = group_labels([group[0].config for group in members], conf_dir)
-    groups = [Group(label, group) for label, group in zip(labels, members)]
+    presets = preset_labels(members)
+    if presets is None:
+        groups = [Group(label, group) for label, group in zip(labels, members)]
+    else:
+        groups = [Group(preset, group, settings=label) for preset, label, group in zip(presets, labels, members)]
     without_config = [run for run in runs if run.config is None]
     if without_config:
         groups.append(Group("(no .hydra/config.yaml)", without_config))
@@ -644,6 +692,10 @@ def markdown_report(groups: Sequence[Group], base: Path, metrics: Sequence[Metri
             "run's mean; `n/a`: no run of the group logged the column (e.g. VPG has no KLExceeded).",
             *(f"{metric.note}." for metric in metrics if metric.note),
         ]
+    with_settings = [group for group in groups if group.settings is not None]
+    if with_settings:
+        lines += ["", "The groups' launch overrides, and the config values that differ between them:", ""]
+        lines += markdown_table(["group", "differing config"], [[g.label, g.settings] for g in with_settings])
     lines += ["", "## Runs", ""]
     lines += markdown_table(
         ["group", "seed", "dir", "steps", "last AverageEpRet", "EvalEpRet", "status"],
