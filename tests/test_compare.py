@@ -396,31 +396,38 @@ GENERAL_PRESET = {"optimizer.delta": 0.05, "optimizer.lam": 0.95, "policy.distri
 
 
 def test_preset_runs_are_labelled_by_their_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Runs of two presets: labelled by what was typed, less what every run shares (overlap_value_fit=false)
-    and what never splits groups (seed, logger.*, hydra.*); compare.md lists the differing config too."""
+    """Runs of two presets and of none: labelled by what was typed, in any order, less what every run shares
+    (overlap_value_fit=false) and what never splits groups (seed, logger.*, hydra.*); compare.md lists the
+    differing config too."""
     common = ["overlap_value_fit=false", "logger.mode=disabled"]
     for seed in (0, 1):
         preset_run(tmp_path / f"w{seed}", [f"seed={seed}", "experiment=walker2d", *common,
                                           f"hydra.run.dir=w{seed}"], seed=seed, **WALKER_PRESET)
-        preset_run(tmp_path / f"g{seed}", [f"seed={seed}", "experiment=mujoco", "env=walker2d", *common],
-                   seed=seed, **GENERAL_PRESET)
+        general = ["experiment=mujoco", "env=walker2d"] if seed == 0 else ["env=walker2d", "experiment=mujoco"]
+        preset_run(tmp_path / f"g{seed}", [f"seed={seed}", *general, *common], seed=seed, **GENERAL_PRESET)
+    preset_run(tmp_path / "d0", ["seed=0", *common], seed=0)  # the defaults: no preset, nothing else typed
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "| no overrides | 1 | 0 | 4.00 ± 0.00 |" in out
     assert "| experiment=mujoco env=walker2d | 2 | 0, 1 | 4.00 ± 0.00 |" in out
     assert "| experiment=walker2d | 2 | 0, 1 | 4.00 ± 0.00 |" in out
     assert ("| experiment=walker2d | optimizer.delta=0.01, optimizer.lam=0.97, policy.distribution=gaussian |"
             in (tmp_path / "compare.md").read_text())
 
 
-@pytest.mark.parametrize("case", ["overrides differ within a group", "no overrides.yaml", "no preset chosen"])
+@pytest.mark.parametrize(
+    "case", ["overrides differ within a group", "no overrides.yaml", "no preset chosen", "every run of one preset"]
+)
 def test_preset_labels_fall_back_to_config_values(tmp_path: Path, case: str) -> None:
     """Where the overrides cannot label the groups (or no preset was chosen), the labels are the differing
     config values, as for any other runs."""
-    presets = case != "no preset chosen"
-    preset_run(tmp_path / "w0", ["experiment=walker2d"] if presets else ["optimizer.delta=0.01"], seed=0,
-               **WALKER_PRESET)
-    preset_run(tmp_path / "g0", ["experiment=mujoco", "env=walker2d"] if presets else ["optimizer.delta=0.05"],
-               seed=0, **GENERAL_PRESET)
+    walker, general = {
+        "no preset chosen": (["optimizer.delta=0.01"], ["optimizer.delta=0.05"]),
+        # a sweep within one preset: its labels are the swept values, as in any sweep
+        "every run of one preset": (["experiment=x", "optimizer.delta=0.01"], ["experiment=x", "optimizer.delta=0.05"]),
+    }.get(case, (["experiment=walker2d"], ["experiment=mujoco", "env=walker2d"]))
+    preset_run(tmp_path / "w0", walker, seed=0, **WALKER_PRESET)
+    preset_run(tmp_path / "g0", general, seed=0, **GENERAL_PRESET)
     if case == "overrides differ within a group":  # the same config, typed out instead of chosen by the preset
         preset_run(tmp_path / "w1", ["env=walker2d", "optimizer.lam=0.97"], seed=1, **WALKER_PRESET)
     if case == "no overrides.yaml":

@@ -9,9 +9,9 @@ of all runs are compared key by key (numbers by value: ``20`` is ``20.0``), keys
 (:data:`IGNORED_KEYS`, ``logger.*``) are dropped, and runs that agree on the remaining differing keys form one group,
 labelled like ``optimizer.delta=0.05``. Runs that differ by a config group choice (``optimizer=trpo`` vs
 ``optimizer=vpg``) are labelled by the update rule's name instead, like ``TRPO`` or ``VPG pi_lr=0.01``
-(see :func:`group_labels`), and runs of ``experiment=`` presets by the overrides they were launched with, like
-``experiment=walker2d`` against ``experiment=mujoco env=walker2d`` (see :func:`preset_labels`; ``compare.md`` then
-lists each group's differing config values too).
+(see :func:`group_labels`), and runs of different ``experiment=`` presets by the overrides they were launched
+with, like ``experiment=walker2d`` against ``experiment=mujoco env=walker2d`` (see :func:`preset_labels`;
+``compare.md`` then lists each group's differing config values too).
 
 Into the first DIR (or ``--out-dir``) it writes ``compare.png`` (AverageEpRet against env steps, per group
 the mean over seeds with a +-std band, plus one panel per ``--panels`` key) and ``compare.md`` (when, where
@@ -416,26 +416,27 @@ def override_key(override: str) -> str:
 
 def preset_labels(groups: Sequence[Sequence[Run]]) -> Optional[list[str]]:
     """Labels made of the overrides each group was launched with, like ``experiment=walker2d`` against
-    ``experiment=mujoco env=walker2d``, where some run chose an ``experiment=`` preset: a preset sets many keys at
-    once, and listing them all makes labels a line long. Left out: the overrides every run shares and those of
-    keys that never split groups (the seed, ``logger.*``, ``hydra.*``). None (label by config instead) unless
-    every run's overrides were read, the runs of each group share theirs, and they tell the groups apart."""
+    ``experiment=mujoco env=walker2d``, where runs chose different ``experiment=`` presets: a preset sets many keys
+    at once, and listing them all makes labels a line long. Left out: the overrides every run shares (so a sweep
+    within one preset keeps its config labels) and those of keys that never split groups (the seed, ``logger.*``,
+    ``hydra.*``); a run with no override left is labelled ``no overrides``. The order in which overrides were typed
+    does not matter. None (label by config instead) unless every run's overrides were read, the runs of each group
+    share theirs, and they tell the groups apart."""
     overrides = [run.overrides for group in groups for run in group]
     if any(run is None for run in overrides):
         return None
-    if not any(override_key(override) == "experiment" for run in overrides for override in run):
-        return None
     shared = set.intersection(*(set(run) for run in overrides))
-
-    def label(run: Run) -> str:
-        kept = [o for o in run.overrides if o not in shared and not override_key(o).startswith("hydra.")]
-        return " ".join(o for o in kept if not is_ignored(override_key(o)))
-
-    per_group = [{label(run) for run in group} for group in groups]
-    if any(len(seen) != 1 for seen in per_group):
+    if not any(override_key(o) == "experiment" and o not in shared for run in overrides for o in run):
         return None
-    labels = [seen.pop() for seen in per_group]
-    return labels if len(set(labels)) == len(labels) and all(labels) else None
+
+    def kept(run: Run) -> list[str]:
+        return [o for o in run.overrides if o not in shared and not is_ignored(override_key(o))
+                and not override_key(o).startswith("hydra.")]
+
+    per_group = [{frozenset(kept(run)) for run in group} for group in groups]
+    if any(len(seen) != 1 for seen in per_group) or len(set.union(*per_group)) != len(groups):
+        return None
+    return [" ".join(kept(group[0])) or "no overrides" for group in groups]
 
 
 def group_runs(runs: Sequence[Run], conf_dir: Path = CONF_DIR) -> list[Group]:
