@@ -111,3 +111,20 @@ def test_env_kwargs_reach_every_env_and_a_wrong_one_is_a_one_line_config_error(w
     assert make_env("HalfCheetah-v5", 10).observation_space.shape == (17,)
     with pytest.raises(ConfigError, match=r"^env\.kwargs=\{'no_such_option': 1\} is not allowed for HalfCheetah-v5"):
         make_env_batch("HalfCheetah-v5", 10, 2, workers, make_kwargs={"no_such_option": 1})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_env_error_is_raised_as_it_would_be_in_one_process(workers: int, tmp_path) -> None:
+    """Any error of an env, in making it or in a command, reaches the caller as itself (a worker sends it and
+    stops), not as the EOFError of a pipe whose worker died; the other workers still close."""
+    missing = tmp_path / "missing.xml"
+    with pytest.raises(OSError, match="missing.xml"):
+        make_env_batch("Hopper-v5", 10, 2, workers, make_kwargs={"xml_file": str(missing)})
+    batch = make_env_batch("Hopper-v5", 10, 2, workers)
+    try:
+        batch.reset(seed=0)
+        with pytest.raises(KeyError):
+            batch.set_state([{}, {}])  # states without the env's fields
+    finally:
+        batch.close()
+    assert all(not process.is_alive() for process in getattr(batch, "processes", []))

@@ -162,27 +162,38 @@ def _env_worker(
     clip_actions: bool,
     make_kwargs: Mapping[str, Any] | None,
 ) -> None:
+    """Serve one slice of the envs until told to close. An exception, in making the envs or in a command, is sent to
+    the parent and ends the worker: the parent raises it again, so a run fails with the error it would have in one
+    process, not with the EOFError of a pipe whose other end died."""
+    envs = None
     try:
         envs = EnvBatch(env_id, max_ep_len, num_envs, clip_actions, make_kwargs)
-    except ConfigError as error:  # raised again in the parent, as the one line it would be there
-        conn.send(error)
-        conn.close()
-        return
-    conn.send((envs.observation_space, envs.action_space))
-    while True:
-        command, argument = conn.recv()
-        if command == "step":
-            conn.send(envs.step(argument))
-        elif command == "reset":
-            conn.send(envs.reset(argument))
-        elif command == "get_state":
-            conn.send(envs.get_state())
-        elif command == "set_state":
-            conn.send(envs.set_state(argument))
-        else:
+        conn.send((envs.observation_space, envs.action_space))
+        while True:
+            command, argument = conn.recv()
+            if command == "close":
+                return
+            method = getattr(envs, command)  # step, reset, get_state or set_state
+            conn.send(method() if command == "get_state" else method(argument))
+    except Exception as error:
+        try:
+            conn.send(error)
+        except OSError:  # the parent is gone
+            pass
+        except Exception:  # an exception that does not pickle: its type and message still do
+            conn.send(RuntimeError(f"{type(error).__name__}: {error}"))
+    finally:
+        if envs is not None:
             envs.close()
-            conn.close()
-            return
+        conn.close()
+
+
+def _receive(conn: Connection) -> Any:
+    """A worker's reply, or the exception it sent raised here."""
+    reply = conn.recv()
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 class SubprocEnvBatch:
@@ -220,7 +231,7 @@ class SubprocEnvBatch:
             self.connections.append(parent)
             self.processes.append(process)
         spaces = [conn.recv() for conn in self.connections]
-        if failed := [reply for reply in spaces if isinstance(reply, ConfigError)]:
+        if failed := [reply for reply in spaces if isinstance(reply, Exception)]:
             self.close()
             raise failed[0]
         self.observation_space, self.action_space = spaces[0]
@@ -228,22 +239,22 @@ class SubprocEnvBatch:
     def reset(self, seed: int) -> np.ndarray:
         for conn, part in zip(self.connections, self.slices):
             conn.send(("reset", seed + part.start))
-        return np.concatenate([conn.recv() for conn in self.connections])
+        return np.concatenate([_receive(conn) for conn in self.connections])
 
     def get_state(self) -> list[dict]:
         for conn in self.connections:
             conn.send(("get_state", None))
-        return [state for conn in self.connections for state in conn.recv()]
+        return [state for conn in self.connections for state in _receive(conn)]
 
     def set_state(self, states: list[dict]) -> np.ndarray:
         for conn, part in zip(self.connections, self.slices):
             conn.send(("set_state", states[part]))
-        return np.concatenate([conn.recv() for conn in self.connections])
+        return np.concatenate([_receive(conn) for conn in self.connections])
 
     def step(self, actions: np.ndarray) -> StepResult:
         for conn, part in zip(self.connections, self.slices):
             conn.send(("step", actions[part]))
-        parts = [conn.recv() for conn in self.connections]
+        parts = [_receive(conn) for conn in self.connections]
         return StepResult(
             obs=np.concatenate([p.obs for p in parts]),
             rewards=np.concatenate([p.rewards for p in parts]),
