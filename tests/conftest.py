@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from trpo.config import register_resolvers
+from trpo.runner import Runner
 
 # One torch thread, as a run uses by default: extra threads only fight the subprocesses the tests start.
 torch.set_num_threads(1)
@@ -181,3 +182,19 @@ def write_run(
     if error is not None:
         (run_dir / "error.txt").write_text(error)
     return run_dir
+
+
+class Stopped(Exception):
+    """Stands for a process stopped right after a checkpoint."""
+
+
+def stop_after_checkpoint(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Make a run raise :class:`Stopped` right after it writes the checkpoint of its first ``epoch`` epochs."""
+    save = Runner._save
+
+    def save_then_stop(runner, parts, state, eval_ep_ret) -> None:
+        save(runner, parts, state, eval_ep_ret)
+        if state.epoch == epoch:
+            raise Stopped
+
+    monkeypatch.setattr(Runner, "_save", save_then_stop)

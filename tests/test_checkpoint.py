@@ -27,12 +27,14 @@ import trpo.runner
 from tests.conftest import (
     ROOT,
     TINY,
+    Stopped,
     assert_one_line_refusal,
     compose_config,
     inspect_wandb,
     launch,
     launch_env,
     read_rows,
+    stop_after_checkpoint,
     wandb_runs,
     without_wall_clock,
 )
@@ -140,10 +142,6 @@ def test_resume_before_the_first_checkpoint_starts_clean(tmp_path: Path, cartpol
     assert [r["Epoch"] for r in read_rows(run_dir)] == ["0", "1"]
 
 
-class _Stopped(Exception):
-    """Stands for a process stopped right after a checkpoint."""
-
-
 PENDULUM = ["env=pendulum", "env.max_ep_len=50", "epochs=4", "steps_per_epoch=256", "sampler.num_envs=4",
             "sampler.workers=0", "save_freq=1", "eval.episodes=1", "overlap_value_fit=false"]
 
@@ -169,18 +167,11 @@ def test_a_run_stopped_after_a_checkpoint_continues_as_if_never_stopped(
     Runner(compose_config(overrides), RunIdentity(reference)).run()
 
     stopped = tmp_path / "stopped"
-    save = Runner._save
-
-    def save_then_stop(self, parts, state, eval_ep_ret):
-        save(self, parts, state, eval_ep_ret)
-        if state.epoch == 2:
-            raise _Stopped
-
-    monkeypatch.setattr(Runner, "_save", save_then_stop)
-    with pytest.raises(_Stopped):
-        Runner(compose_config(overrides), RunIdentity(stopped)).run()
+    with monkeypatch.context() as patch:
+        stop_after_checkpoint(patch, epoch=2)
+        with pytest.raises(Stopped):
+            Runner(compose_config(overrides), RunIdentity(stopped)).run()
     assert load_checkpoint(stopped)["epoch"] == 2
-    monkeypatch.setattr(Runner, "_save", save)
     Runner(compose_config(overrides), RunIdentity(stopped)).run()
     assert [r["Epoch"] for r in read_rows(stopped)] == ["0", "1", "2", "3"]
     assert without_wall_clock(read_rows(stopped)) == without_wall_clock(read_rows(reference))

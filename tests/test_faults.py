@@ -18,11 +18,13 @@ import trpo.loggers
 import trpo.runner
 from tests.conftest import (
     TINY,
+    Stopped,
     assert_one_line_refusal,
     compose_config,
     inspect_wandb,
     launch,
     read_rows,
+    stop_after_checkpoint,
     wandb_runs,
     without_wall_clock,
 )
@@ -163,6 +165,21 @@ def test_persistent_nan_stops_the_run_with_the_last_checkpoint_intact(tmp_path: 
     assert state_equal(checkpoint["value_function"], after_epoch_0[1])
     assert all(torch.isfinite(p).all() for p in checkpoint["policy"].values())
     assert len(read_rows(tmp_path)) == limit
+
+
+def test_a_resumed_run_stops_where_the_run_it_continues_would(tmp_path: Path, monkeypatch) -> None:
+    """The non-finite epochs in a row are counted across a resume: a run stopped after MAX_NON_FINITE_EPOCHS - 1
+    of them stops at the next one once resumed, as a run never stopped does."""
+    limit = trpo.runner.MAX_NON_FINITE_EPOCHS
+    cfg = compose_config([*CARTPOLE, "epochs=8", "save_freq=1"])
+    with monkeypatch.context() as patch:
+        inject_nan(patch, lambda t: t >= STEPS_PER_EPOCH)  # every epoch from epoch 1 on
+        stop_after_checkpoint(patch, epoch=limit)  # after epochs 1..limit-1, all non-finite
+        with pytest.raises(Stopped):
+            Runner(cfg, RunIdentity(tmp_path)).run()
+    inject_nan(monkeypatch, lambda t: True)  # the resumed run's first epoch, epoch `limit`, too
+    with pytest.raises(NonFiniteError, match=f"in {limit} epochs in a row \\(epochs 1-{limit}\\)"):
+        Runner(cfg, RunIdentity(tmp_path)).run()
 
 
 def build_update_rule(optimizer: str):

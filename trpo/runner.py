@@ -101,14 +101,15 @@ class RunParts:
 
 @dataclass
 class TrainingState:
-    """Where a run stands: epochs done (so ``epoch`` is the next one's index), seconds trained, its W&B run and its
-    updates skipped so far; a fresh run has zeros and no W&B run yet. A checkpoint records it, and a resumed run
-    starts from it."""
+    """Where a run stands: epochs done (so ``epoch`` is the next one's index), seconds trained, its W&B run, its
+    updates skipped so far and how many of the last epochs in a row skipped theirs; a fresh run has zeros and no
+    W&B run yet. A checkpoint records it, and a resumed run starts from it."""
 
     epoch: int = 0
     elapsed: float = 0.0
     wandb_run_id: str | None = None
     skipped_updates: int = 0
+    non_finite_streak: int = 0
 
 
 class EpochLog:
@@ -120,11 +121,12 @@ class EpochLog:
         value_fit: InlineValueFit | ChildProcessValueFit,
         loggers: Sequence[CSVLogger | WandbLogger | Progress],
         skipped_updates: int,
+        non_finite_streak: int,
     ):
         self.value_fit = value_fit
         self.loggers = loggers
         self.skipped_updates = skipped_updates
-        self.non_finite_streak = 0
+        self.non_finite_streak = non_finite_streak
 
     def complete(self, row: dict, policy_stats: dict | None) -> None:
         """Wait for the epoch's value fit (kept only if its policy step was, ``policy_stats`` not None), add its
@@ -224,7 +226,9 @@ class Runner:
         cleanup.callback(lambda: wandb_logger.close(exit_code))
         progress = Progress(cfg.epochs * parts.buffer.steps * parts.envs.num_envs)
         cleanup.callback(progress.close)
-        epoch_log = EpochLog(value_fit, (csv_logger, wandb_logger, progress), initial.skipped_updates)
+        epoch_log = EpochLog(
+            value_fit, (csv_logger, wandb_logger, progress), initial.skipped_updates, initial.non_finite_streak
+        )
         policy, update_rule, buffer = parts.policy, parts.update_rule, parts.buffer
         start = time.perf_counter() - initial.elapsed
         # With overlap_value_fit, an epoch's value fit runs while the next epoch samples; its row waits here.
@@ -272,6 +276,7 @@ class Runner:
                     elapsed=time.perf_counter() - start,
                     wandb_run_id=wandb_logger.run_id,
                     skipped_updates=epoch_log.skipped_updates,
+                    non_finite_streak=epoch_log.non_finite_streak,
                 ),
                 eval_ep_ret=row["EvalEpRet"] if last_epoch else None,  # the final one, not eval.freq's
             )
@@ -346,6 +351,7 @@ class Runner:
             elapsed=checkpoint["elapsed"],
             wandb_run_id=checkpoint["wandb_run_id"],
             skipped_updates=checkpoint.get("skipped_updates", 0),
+            non_finite_streak=checkpoint.get("non_finite_streak", 0),
         )
 
     def _evaluate(self, parts: RunParts) -> float:
@@ -377,6 +383,7 @@ class Runner:
                 "hydra_files": read_hydra_files(self.run_dir),  # to put back on a refused relaunch
                 "elapsed": state.elapsed,
                 "skipped_updates": state.skipped_updates,
+                "non_finite_streak": state.non_finite_streak,  # a resumed run stops where this one would
                 "eval_ep_ret": eval_ep_ret,
                 "model": training_keys(cfg),
                 "policy": parts.policy.state_dict(),
