@@ -467,6 +467,7 @@ BAD = [
     ("overlap_value_fit=maybe", "overlap_value_fit"),
     ("optimizer.backtrack_iters=0", "optimizer.backtrack_iters"),
     ("steps_per_epoch=4001", "steps_per_epoch"),  # not a multiple of sampler.num_envs
+    ("steps_per_epoch=32 optimizer.vf_minibatches=33", "optimizer.vf_minibatches"),  # more than the batch's rows
     # not one of the choices
     ("task=train2", "task"),
     ("device=cuda", "device"),

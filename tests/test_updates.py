@@ -37,7 +37,7 @@ def value_batch() -> Batch:
     return Batch(obs, torch.zeros(ROWS, 1), torch.zeros(ROWS), torch.zeros(ROWS), returns)
 
 
-@pytest.mark.parametrize("minibatches", [1, 4])
+@pytest.mark.parametrize("minibatches", [1, 4, 10])  # 10 does not divide the 64 rows: sizes 7 and 6
 def test_value_fit_visits_every_row_once_per_pass_and_lowers_the_loss(minibatches: int) -> None:
     torch.manual_seed(0)
     value_function = RecordingValueFunction()
@@ -53,7 +53,7 @@ def test_value_fit_visits_every_row_once_per_pass_and_lowers_the_loss(minibatche
         assert sorted(rows.tolist()) == list(range(ROWS))
         if minibatches > 1:
             assert rows.tolist() != list(range(ROWS))  # shuffled
-            assert all(len(s) == ROWS // minibatches for s in value_function.seen)
+            assert {len(s) for s in value_function.seen} <= {ROWS // minibatches, -(-ROWS // minibatches)}
     assert stats["DeltaLossV"] < 0
 
 

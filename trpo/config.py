@@ -217,6 +217,11 @@ def validate(cfg: DictConfig) -> None:
             f"steps_per_epoch={plain['steps_per_epoch']} is not allowed: must be a multiple of "
             f"sampler.num_envs={plain['sampler']['num_envs']}"
         )
+    if plain["optimizer"].get("vf_minibatches", 1) > plain["steps_per_epoch"]:
+        raise ConfigError(
+            f"optimizer.vf_minibatches={plain['optimizer']['vf_minibatches']} is not allowed: more minibatches than "
+            f"the batch's steps_per_epoch={plain['steps_per_epoch']} rows"
+        )
     if plain["task"] == "eval" and plain["checkpoint"] is None:
         raise ConfigError("checkpoint=None is not allowed with task=eval: give the run dir to evaluate")
     if plain["task"] == "train" and plain["checkpoint"] is not None:

@@ -64,7 +64,8 @@ class UpdateRule:
         vf_lr_schedule: ``constant``, or ``linear``: ``vf_lr`` decays linearly to 0 over the run (see
             :meth:`anneal`).
         vf_minibatches: each of the ``train_v_iters`` passes over the batch is split into this many shuffled
-            minibatches, one Adam step each; 1 (Spinning Up) is one full-batch step per pass.
+            minibatches (sizes differing by at most one), one Adam step each; 1 (Spinning Up) is one full-batch
+            step per pass.
         vf_target: the value function's regression target :math:`\\hat R_t`: ``rewards_to_go`` (discounted
             returns, bootstrapped where an episode is cut; Spinning Up) or ``lambda_returns``
             (:math:`\\hat A_t + V(s_t)`, the TD(:math:`\\lambda`) return: lower variance, biased by :math:`V`).
@@ -127,8 +128,9 @@ class UpdateRule:
         this process's RNG, so a fit gives the same numbers wherever it runs."""
         rows = len(batch.returns)
         # A full batch draws no permutation, so Spinning Up's setting leaves the RNG stream as it was.
+        shuffled = self.vf_minibatches > 1
         passes = [
-            list(torch.randperm(rows).chunk(self.vf_minibatches)) if self.vf_minibatches > 1 else [slice(None)]
+            list(torch.tensor_split(torch.randperm(rows), self.vf_minibatches)) if shuffled else [slice(None)]
             for _ in range(self.train_v_iters)
         ]
         return ValueFitJob(batch.obs, batch.returns, passes)
