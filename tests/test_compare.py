@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -396,19 +397,19 @@ GENERAL_PRESET = {"optimizer.delta": 0.05, "optimizer.lam": 0.95, "policy.distri
 
 
 def test_preset_runs_are_labelled_by_their_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Runs of two presets and of none: labelled by what was typed, in any order, less what every run shares
-    (overlap_value_fit=false) and what never splits groups (seed, logger.*, hydra.*); compare.md lists the
-    differing config too."""
-    common = ["overlap_value_fit=false", "logger.mode=disabled"]
+    """Runs of two presets and of none: labelled by what was typed, in any order (experiment= first), less what
+    every run shares (sampler.num_envs=8) and what never splits groups (seed, overlap_value_fit, logger.*,
+    hydra.*); compare.md lists the differing config too."""
+    common = ["sampler.num_envs=8", "overlap_value_fit=false", "logger.mode=disabled"]
     for seed in (0, 1):
         preset_run(tmp_path / f"w{seed}", [f"seed={seed}", "experiment=walker2d", *common,
                                           f"hydra.run.dir=w{seed}"], seed=seed, **WALKER_PRESET)
-        general = ["experiment=mujoco", "env=walker2d"] if seed == 0 else ["env=walker2d", "experiment=mujoco"]
+        general = ["env=walker2d", "experiment=mujoco"] if seed == 0 else ["experiment=mujoco", "env=walker2d"]
         preset_run(tmp_path / f"g{seed}", [f"seed={seed}", *general, *common], seed=seed, **GENERAL_PRESET)
-    preset_run(tmp_path / "d0", ["seed=0", *common], seed=0)  # the defaults: no preset, nothing else typed
+    preset_run(tmp_path / "d0", ["seed=0", *common], seed=0)  # no preset, nothing else but what all share
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| no overrides | 1 | 0 | 4.00 ± 0.00 |" in out
+    assert "| no other overrides | 1 | 0 | 4.00 ± 0.00 |" in out
     assert "| experiment=mujoco env=walker2d | 2 | 0, 1 | 4.00 ± 0.00 |" in out
     assert "| experiment=walker2d | 2 | 0, 1 | 4.00 ± 0.00 |" in out
     assert ("| experiment=walker2d | optimizer.delta=0.01, optimizer.lam=0.97, policy.distribution=gaussian |"
@@ -437,7 +438,15 @@ def test_preset_labels_fall_back_to_config_values(tmp_path: Path, case: str) -> 
         "optimizer.delta=0.01, optimizer.lam=0.97, policy.distribution=gaussian",
         "optimizer.delta=0.05, optimizer.lam=0.95, policy.distribution=beta",
     ]
-    assert all(group.settings is None for group in groups)
+    assert all(group.config_label is None for group in groups)
+
+
+def test_runs_without_configs_form_one_group(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for name in ("a", "b"):
+        write_run(tmp_path / name, [1, 2, 3])
+        shutil.rmtree(tmp_path / name / ".hydra")
+    assert main([str(tmp_path)]) == 0
+    assert "| (no .hydra/config.yaml) | 2 |" in capsys.readouterr().out
 
 
 def test_real_sweep_from_launch(tmp_path: Path) -> None:

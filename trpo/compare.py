@@ -111,7 +111,7 @@ class Group:
 
     label: str
     runs: list[Run] = field(default_factory=list)
-    settings: Optional[str] = None  # the differing config values, where the label is the preset chosen instead
+    config_label: Optional[str] = None  # the differing config values, where the label is the launch overrides
 
 
 @dataclass
@@ -418,25 +418,31 @@ def preset_labels(groups: Sequence[Sequence[Run]]) -> Optional[list[str]]:
     """Labels made of the overrides each group was launched with, like ``experiment=walker2d`` against
     ``experiment=mujoco env=walker2d``, where runs chose different ``experiment=`` presets: a preset sets many keys
     at once, and listing them all makes labels a line long. Left out: the overrides every run shares (so a sweep
-    within one preset keeps its config labels) and those of keys that never split groups (the seed, ``logger.*``,
-    ``hydra.*``); a run with no override left is labelled ``no overrides``. The order in which overrides were typed
-    does not matter. None (label by config instead) unless every run's overrides were read, the runs of each group
-    share theirs, and they tell the groups apart."""
+    within one preset keeps its config labels) and those of keys that never split groups (:data:`IGNORED_KEYS`,
+    ``logger.*``, ``hydra.*``); a run with none left is labelled ``no other overrides``. The order in which
+    overrides were typed does not matter: a label gives ``experiment=`` first, then the rest sorted. None (label
+    by config instead) unless every run's overrides were read, the runs of each group share theirs, and they tell
+    the groups apart."""
     overrides = [run.overrides for group in groups for run in group]
-    if any(run is None for run in overrides):
+    if not overrides or any(run is None for run in overrides):
         return None
     shared = set.intersection(*(set(run) for run in overrides))
     if not any(override_key(o) == "experiment" and o not in shared for run in overrides for o in run):
         return None
 
-    def kept(run: Run) -> list[str]:
-        return [o for o in run.overrides if o not in shared and not is_ignored(override_key(o))
-                and not override_key(o).startswith("hydra.")]
+    def label_overrides(run: Run) -> frozenset[str]:
+        return frozenset(
+            o for o in run.overrides
+            if o not in shared and not is_ignored(override_key(o)) and not override_key(o).startswith("hydra.")
+        )
 
-    per_group = [{frozenset(kept(run)) for run in group} for group in groups]
+    per_group = [{label_overrides(run) for run in group} for group in groups]
     if any(len(seen) != 1 for seen in per_group) or len(set.union(*per_group)) != len(groups):
         return None
-    return [" ".join(kept(group[0])) or "no overrides" for group in groups]
+    return [
+        " ".join(sorted(seen.pop(), key=lambda o: (override_key(o) != "experiment", o))) or "no other overrides"
+        for seen in per_group
+    ]
 
 
 def group_runs(runs: Sequence[Run], conf_dir: Path = CONF_DIR) -> list[Group]:
@@ -461,7 +467,7 @@ def group_runs(runs: Sequence[Run], conf_dir: Path = CONF_DIR) -> list[Group]:
     if presets is None:
         groups = [Group(label, group) for label, group in zip(labels, members)]
     else:
-        groups = [Group(preset, group, settings=label) for preset, label, group in zip(presets, labels, members)]
+        groups = [Group(preset, group, config_label=label) for preset, label, group in zip(presets, labels, members)]
     without_config = [run for run in runs if run.config is None]
     if without_config:
         groups.append(Group("(no .hydra/config.yaml)", without_config))
@@ -693,10 +699,12 @@ def markdown_report(groups: Sequence[Group], base: Path, metrics: Sequence[Metri
             "run's mean; `n/a`: no run of the group logged the column (e.g. VPG has no KLExceeded).",
             *(f"{metric.note}." for metric in metrics if metric.note),
         ]
-    with_settings = [group for group in groups if group.settings is not None]
-    if with_settings:
+    with_config_labels = [group for group in groups if group.config_label is not None]
+    if with_config_labels:
         lines += ["", "The groups' launch overrides, and the config values that differ between them:", ""]
-        lines += markdown_table(["group", "differing config"], [[g.label, g.settings] for g in with_settings])
+        lines += markdown_table(
+            ["group", "differing config"], [[group.label, group.config_label] for group in with_config_labels]
+        )
     lines += ["", "## Runs", ""]
     lines += markdown_table(
         ["group", "seed", "dir", "steps", "last AverageEpRet", "EvalEpRet", "status"],
