@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from trpo.config import ConfigError
-from trpo.envs import EnvBatch, SubprocEnvBatch, make_env, make_env_batch
+from trpo.envs import EnvBatch, SubprocEnvBatch, _sendable, make_env, make_env_batch
 
 
 @dataclass
@@ -115,16 +116,37 @@ def test_env_kwargs_reach_every_env_and_a_wrong_one_is_a_one_line_config_error(w
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_env_error_is_raised_as_it_would_be_in_one_process(workers: int, tmp_path) -> None:
-    """Any error of an env, in making it or in a command, reaches the caller as itself (a worker sends it and
-    stops), not as the EOFError of a pipe whose worker died; the other workers still close."""
+    """Any error of an env, in making it or in a command, reaches the caller as itself, not as the EOFError of a
+    pipe whose worker died: the worker sends it (with its traceback as a note) and ends, and the batch closes its
+    other workers, which end cleanly."""
     missing = tmp_path / "missing.xml"
     with pytest.raises(OSError, match="missing.xml"):
         make_env_batch("Hopper-v5", 10, 2, workers, make_kwargs={"xml_file": str(missing)})
     batch = make_env_batch("Hopper-v5", 10, 2, workers)
-    try:
-        batch.reset(seed=0)
-        with pytest.raises(KeyError):
-            batch.set_state([{}, {}])  # states without the env's fields
-    finally:
-        batch.close()
-    assert all(not process.is_alive() for process in getattr(batch, "processes", []))
+    batch.reset(seed=0)
+    first_env_state = batch.get_state()[0]
+    with pytest.raises(KeyError) as error:
+        batch.set_state([first_env_state, {}])  # the second env's state lacks its fields: its worker fails
+    batch.close()
+    if workers:
+        assert "raised in an env worker" in "".join(error.value.__notes__)
+        assert [process.exitcode for process in batch.processes] == [0, 0]
+
+
+class NeedsTwoArguments(Exception):
+    def __init__(self, first, second):
+        super().__init__(f"{first} and {second}")
+
+
+def test_an_error_that_does_not_unpickle_is_sent_as_its_type_and_message() -> None:
+    """Pickling keeps only the message of an exception, so one whose constructor needs other arguments would
+    fail in the parent as a TypeError: the worker sends a RuntimeError saying what it was instead."""
+    for raised, expected_type, expected_text in [
+        (NeedsTwoArguments(1, 2), RuntimeError, "NeedsTwoArguments: 1 and 2"),
+        (ConfigError("env.kwargs=... is not allowed"), ConfigError, "env.kwargs=... is not allowed"),
+    ]:
+        try:
+            raise raised
+        except Exception as error:  # as the worker catches it
+            sent = pickle.loads(pickle.dumps(_sendable(error)))
+        assert type(sent) is expected_type and str(sent) == expected_text

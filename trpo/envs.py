@@ -13,7 +13,10 @@ policy.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import pickle
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -176,24 +179,24 @@ def _env_worker(
             method = getattr(envs, command)  # step, reset, get_state or set_state
             conn.send(method() if command == "get_state" else method(argument))
     except Exception as error:
-        try:
-            conn.send(error)
-        except OSError:  # the parent is gone
-            pass
-        except Exception:  # an exception that does not pickle: its type and message still do
-            conn.send(RuntimeError(f"{type(error).__name__}: {error}"))
+        with contextlib.suppress(OSError):  # OSError: the parent is gone
+            conn.send(_sendable(error))
     finally:
         if envs is not None:
             envs.close()
         conn.close()
 
 
-def _receive(conn: Connection) -> Any:
-    """A worker's reply, or the exception it sent raised here."""
-    reply = conn.recv()
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
+def _sendable(error: Exception) -> Exception:
+    """``error`` with the worker's traceback added as a note, which the parent's traceback shows (its one-line
+    ``str``, e.g. a ConfigError's message, stays as it is); a RuntimeError of its type and message instead if it
+    would not come out of the pipe as it went in (a custom exception whose arguments do not rebuild it)."""
+    error.add_note(f"raised in an env worker:\n{traceback.format_exc()}")
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 class SubprocEnvBatch:
@@ -230,31 +233,27 @@ class SubprocEnvBatch:
             child.close()
             self.connections.append(parent)
             self.processes.append(process)
-        spaces = [conn.recv() for conn in self.connections]
-        if failed := [reply for reply in spaces if isinstance(reply, Exception)]:
-            self.close()
-            raise failed[0]
-        self.observation_space, self.action_space = spaces[0]
+        self.observation_space, self.action_space = self._gather()[0]
 
     def reset(self, seed: int) -> np.ndarray:
         for conn, part in zip(self.connections, self.slices):
             conn.send(("reset", seed + part.start))
-        return np.concatenate([_receive(conn) for conn in self.connections])
+        return np.concatenate(self._gather())
 
     def get_state(self) -> list[dict]:
         for conn in self.connections:
             conn.send(("get_state", None))
-        return [state for conn in self.connections for state in _receive(conn)]
+        return [state for states in self._gather() for state in states]
 
     def set_state(self, states: list[dict]) -> np.ndarray:
         for conn, part in zip(self.connections, self.slices):
             conn.send(("set_state", states[part]))
-        return np.concatenate([_receive(conn) for conn in self.connections])
+        return np.concatenate(self._gather())
 
     def step(self, actions: np.ndarray) -> StepResult:
         for conn, part in zip(self.connections, self.slices):
             conn.send(("step", actions[part]))
-        parts = [_receive(conn) for conn in self.connections]
+        parts = self._gather()
         return StepResult(
             obs=np.concatenate([p.obs for p in parts]),
             rewards=np.concatenate([p.rewards for p in parts]),
@@ -264,6 +263,19 @@ class SubprocEnvBatch:
             finished_returns=[r for p in parts for r in p.finished_returns],
             finished_lengths=[n for p in parts for n in p.finished_lengths],
         )
+
+    def _gather(self) -> list[Any]:
+        """Every worker's reply to the last command, in env order. Where a worker sent an exception instead (and
+        ended), or died without a word, the batch is closed and the error raised here."""
+        try:
+            replies = [conn.recv() for conn in self.connections]
+        except EOFError:
+            self.close()
+            raise RuntimeError("an env worker process died without a reply (killed, or out of memory?)") from None
+        if failed := [reply for reply in replies if isinstance(reply, Exception)]:
+            self.close()
+            raise failed[0]
+        return replies
 
     def close(self) -> None:
         for conn in self.connections:

@@ -227,7 +227,10 @@ class Runner:
         progress = Progress(cfg.epochs * parts.buffer.steps * parts.envs.num_envs)
         cleanup.callback(progress.close)
         epoch_log = EpochLog(
-            value_fit, (csv_logger, wandb_logger, progress), initial.skipped_updates, initial.non_finite_streak
+            value_fit,
+            (csv_logger, wandb_logger, progress),
+            skipped_updates=initial.skipped_updates,
+            non_finite_streak=initial.non_finite_streak,
         )
         policy, update_rule, buffer = parts.policy, parts.update_rule, parts.buffer
         start = time.perf_counter() - initial.elapsed
