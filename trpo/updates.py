@@ -230,8 +230,8 @@ class TRPO(_KLLimitedRule):
     1. :math:`g = \nabla_\theta L(\theta_k, \theta)` at :math:`\theta_k` (the policy gradient);
     2. :math:`x \approx (H + \text{damping}\,I)^{-1} g` by ``cg_iters`` steps of conjugate gradient, where
        :math:`Hv` is a Fisher-vector product of the mean KL;
-    3. full step :math:`s = \sqrt{2\delta / x^\top H x}\, x` (with ``natural_lr`` :math:`\eta`, at most
-       :math:`\eta x` in the estimated advantages' units);
+    3. full step :math:`s = \sqrt{2\delta / x^\top (H + \text{damping}\,I) x}\, x` (with ``natural_lr``
+       :math:`\eta`, at most :math:`\eta x` in the estimated advantages' units);
     4. backtracking: :math:`\theta_{k+1} = \theta_k + \alpha^j s` for the smallest :math:`j <` ``backtrack_iters``
        with :math:`\bar D_{KL} \le \delta` and an improved surrogate; if none, :math:`\theta_{k+1} = \theta_k`.
 
