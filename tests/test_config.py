@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config
 from trpo.compare import flatten
-from trpo.config import ConfigError, check_group_options, validate
+from trpo.config import ConfigError, check_group_options, env_kwargs, validate
+from trpo.envs import make_env
 from trpo.networks import CategoricalPolicy, GaussianPolicy, make_policy
 from trpo.updates import UpdateRule
 
@@ -90,18 +91,14 @@ def test_boundary_values_are_accepted(overrides):
 
 @pytest.mark.parametrize("env_file", ENV_FILES)
 def test_env_file_composes_validates_and_builds(env_file):
-    """Each conf/env/*.yaml composes, validates, makes its env, and gives the right kind and shape of policy."""
+    """Each conf/env/*.yaml composes, validates, makes its env with the file's time limit and constructor
+    arguments as a run does, and gives the right kind and shape of policy."""
     cfg = compose_config([f"env={env_file}"])
     validate(cfg)
-    env = gym.make(cfg.env.id)
+    env = make_env(cfg.env.id, cfg.env.max_ep_len, make_kwargs=env_kwargs(cfg))
     try:
-        policy = make_policy(
-            env.observation_space,
-            env.action_space,
-            list(cfg.policy.hidden_sizes),
-            cfg.policy.activation,
-            cfg.policy.init_log_std,
-        )
+        assert env.spec.max_episode_steps == cfg.env.max_ep_len
+        policy = make_policy(env.observation_space, env.action_space, **cfg.policy)
         obs, _ = env.reset(seed=0)
         obs_batch = torch.as_tensor(np.stack([obs, obs]), dtype=torch.float32).reshape(2, -1)
         with torch.no_grad():

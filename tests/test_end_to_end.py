@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from tests.conftest import TINY, assert_one_line_refusal, compose_config, inspect_wandb, launch, read_rows, wandb_runs
 from trpo.loggers import EPOCH_KEYS
 from trpo.runner import RunIdentity, Runner
+from trpo.sampler import Sampler
 
 
 @pytest.mark.parametrize("env", ["hopper", "cartpole"])
@@ -24,6 +25,8 @@ def test_run_writes_progress_csv_and_wandb_run(tmp_path: Path, env: str) -> None
     rows = read_rows(run_dir)
     assert len(rows) == 2
     assert set(EPOCH_KEYS) <= set(rows[0])
+    # Random hopper and cartpole episodes end within each epoch, so every epoch key has a number here.
+    assert all(math.isfinite(float(row[key])) for row in rows for key in EPOCH_KEYS)
     assert [int(r["TotalEnvInteracts"]) for r in rows] == [400, 800]
     assert all(math.isfinite(float(r["KL"])) and float(r["KL"]) <= 0.01 * 1.0001 for r in rows)
     assert math.isfinite(float(rows[-1]["EvalEpRet"]))
@@ -112,11 +115,22 @@ def test_trpo_learns_inverted_pendulum_with_either_box_policy(tmp_path: Path, di
     assert final_eval > 100
 
 
-def test_a_scheduled_log_std_is_set_before_each_epochs_sampling(tmp_path: Path) -> None:
+def test_a_scheduled_log_std_is_set_before_each_epochs_sampling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """policy.final_log_std=-1.5 over 4 epochs: epoch e samples with log-std -0.5 - e/4, so the last (e = 3), whose
     policy the checkpoint keeps, -1.25; every step stays inside the trust region."""
+    sampled_with = []
+    collect = Sampler.collect
+
+    def recording_collect(sampler: Sampler, buffer):
+        sampled_with.append(sampler.policy.log_std.tolist())
+        return collect(sampler, buffer)
+
+    monkeypatch.setattr(Sampler, "collect", recording_collect)
     cfg = compose_config(["env=pendulum", "logger.mode=disabled", *TINY, "epochs=4", "policy.final_log_std=-1.5"])
     Runner(cfg, RunIdentity(tmp_path)).run()
+    assert sampled_with == [pytest.approx([-0.5 - epoch / 4]) for epoch in range(4)]
     log_std = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["policy"]["log_std"]
     assert log_std.tolist() == pytest.approx([-1.25])
     assert all(0 < float(row["KL"]) <= cfg.optimizer.delta for row in read_rows(tmp_path))

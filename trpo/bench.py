@@ -87,7 +87,12 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
     watcher.join()
     if process.returncode != 0:
         raise RuntimeError(f"launch.py failed: {stderr.strip()}")
-    table = read_table(run_dir)
+    return steady_rate(read_table(run_dir), peak_pss_bytes=peak[0], peak_rss_bytes=peak[1])
+
+
+def steady_rate(table: dict[str, np.ndarray], peak_pss_bytes: float, peak_rss_bytes: float) -> dict:
+    """The speed in a run's progress.csv columns (``table``), over its epochs after the first two (over all of them
+    in a run of two or fewer)."""
     # The first two epochs pay for warm-up (process starts, allocator); report the steady state after them.
     first = 2 if len(table["Epoch"]) > 2 else 0
     steady = {name: column[first:] for name, column in table.items()}
@@ -101,8 +106,8 @@ def project_rate(env: str, epochs: int, overrides: list[str], run_dir: Path) -> 
         "update_fraction": update / (sample + update),
         "value_fit_s_per_epoch": float(np.nansum(steady["ValueFitTime"])) / steady_epochs,
         "sampling_steps_per_s": steps / sample,
-        "peak_pss_mib": peak[0] / 2**20,
-        "peak_rss_mib": peak[1] / 2**20,
+        "peak_pss_mib": peak_pss_bytes / 2**20,
+        "peak_rss_mib": peak_rss_bytes / 2**20,
     }
 
 
@@ -185,7 +190,7 @@ def update_time(width: int, batch_size: int, rule_name: str = "TRPO", obs_dim: i
     rule.fit_value_function(batch)
     end = time.perf_counter()
     return {
-        "rule": rule_name,
+        "rule": type(rule).__name__,
         "width": width,
         "batch": batch_size,
         "policy_step_s": middle - start,
@@ -195,7 +200,8 @@ def update_time(width: int, batch_size: int, rule_name: str = "TRPO", obs_dim: i
 
 def fisher_product_times(batch_size: int = 4000, obs_dim: int = 17, act_dim: int = 6, repeats: int = 30) -> dict:
     """Milliseconds of one Fisher-vector product on a (64, 64) Gaussian policy: the Gauss-Newton form this
-    project uses, against the double backward pass of Spinning Up and sb3-contrib (same product, to rounding)."""
+    project uses, against the double backward pass of Spinning Up and sb3-contrib; and the largest difference of
+    their products, relative to the product's largest entry (the same product: rounding only)."""
     from trpo.networks import GaussianPolicy
     from trpo.trust_region import fisher_vector_product, flat_grad, mean_kl
 
@@ -213,14 +219,16 @@ def fisher_product_times(batch_size: int = 4000, obs_dim: int = 17, act_dim: int
 
     gauss_newton = fisher_vector_product(*policy.linearize(obs), policy.fisher_metric, params, 0.1)
     v = torch.randn(sum(p.numel() for p in params))
-    times = {}
+    times, products = {}, []
     for name, product in (("gauss_newton_ms", gauss_newton), ("double_backprop_ms", double_backprop)):
-        product(v)
+        products.append(product(v))
         start = time.perf_counter()
         for _ in range(repeats):
             product(v)
         times[name] = (time.perf_counter() - start) / repeats * 1000
-    return times
+    gauss_newton_product, double_backprop_product = products
+    difference = (gauss_newton_product - double_backprop_product).abs().max() / double_backprop_product.abs().max()
+    return {**times, "max_relative_difference": difference.item()}
 
 
 def _machine() -> str:
@@ -309,7 +317,8 @@ def format_table(r: dict) -> str:
         lines += [
             "",
             f"One Fisher-vector product, (64, 64) policy, batch 4000: Gauss-Newton {f['gauss_newton_ms']:.1f} ms, "
-            f"double backprop {f['double_backprop_ms']:.1f} ms",
+            f"double backprop {f['double_backprop_ms']:.1f} ms"
+            + (f" (products agree to {f['max_relative_difference']:.0e})" if "max_relative_difference" in f else ""),
         ]
     return "\n".join(lines)
 
