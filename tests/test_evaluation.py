@@ -61,8 +61,9 @@ def run_eval(run_dir: Path | str, out: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory) -> dict[str, Path]:
     """A CartPole run, a MuJoCo run whose episodes are at most 10 steps (quick to film), one whose env was made
-    with env.kwargs (HalfCheetah-v5 observing its x position too: 18 numbers) and normalised observations, and a
-    Beta policy on Pendulum (actions in [-2, 2]), trained side by side."""
+    with env.kwargs (HalfCheetah-v5 observing its x position too: 18 numbers) and normalised observations, a
+    Beta policy on Pendulum (actions in [-2, 2]), and a seed-3 run whose actions were not clipped, trained side
+    by side."""
     root = tmp_path_factory.mktemp("trained")
     jobs = {
         "cartpole": ["env=cartpole"],
@@ -74,6 +75,7 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
             "sampler.normalize_obs=true",
         ],
         "beta": ["env=pendulum", "env.max_ep_len=50", "policy.distribution=beta"],
+        "unclipped": ["env=inverted_pendulum", "env.max_ep_len=10", "seed=3", "sampler.clip_actions=false"],
     }
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(train, root / name, *overrides) for name, overrides in jobs.items()}
@@ -270,6 +272,20 @@ def test_load_trained_policy_plays_the_runs_final_evaluation_again(trained_runs:
         cheetah.policy.mean_net[-1].weight.mul_(1000)  # means far outside the action box [-1, 1]
     actions = cheetah(np.random.default_rng(0).standard_normal((5, 18)))
     assert actions.shape == (5, 6) and np.all(np.abs(actions) <= 1.0) and (np.abs(actions) == 1.0).any()
+
+
+def test_eval_takes_the_seed_and_the_action_clipping_of_the_trained_run(
+    trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Without seed= on the command line, task=eval seeds its episodes with the run's own seed (3 here), and a run
+    trained with sampler.clip_actions=false is evaluated unclipped: its final EvalEpRet is played again."""
+    run_dir = trained_runs["unclipped"]
+    assert load_trained_policy(run_dir).clip_actions is False
+    result = run_eval(run_dir, tmp_path / "eval", "eval.episodes=2")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert data["seed"] == 3
+    assert data["mean"] == pytest.approx(final_eval_ep_ret(run_dir))
 
 
 def test_eval_refuses_a_checkpoint_from_another_env_or_without_config(cartpole_run: Path, tmp_path: Path) -> None:

@@ -51,3 +51,20 @@ def test_rewards_are_divided_by_the_running_std_of_the_discounted_return() -> No
         expected = np.clip(rewards[t] / np.sqrt(np.var(seen) + 1e-8), -10.0, 10.0)
         np.testing.assert_allclose(scaler(rewards[t], ends[t]), expected, rtol=2e-4)
         running[ends[t]] = 0.0
+
+
+def test_a_non_finite_reward_restarts_its_envs_return_and_stays_out_of_the_statistics() -> None:
+    """Env 1's reward is NaN at the third step: the statistics then take env 0's return alone (no 0 for env 1),
+    and env 1's return restarts from its next reward."""
+    gamma = 0.5
+    scaler = RewardScaler(num_envs=2, gamma=gamma)
+    never_ends = np.zeros(2, dtype=bool)
+    for rewards in ([1.0, 2.0], [3.0, 4.0], [5.0, np.nan], [7.0, 8.0]):
+        scaler(np.array(rewards), never_ends)
+    env0 = [1.0, 3.5, 6.75, 10.375]
+    env1 = [2.0, 5.0, 8.0]  # 2, then 2 * 0.5 + 4, then (restarted) 8
+    seen = env0 + env1
+    assert scaler.stats.count == pytest.approx(len(seen) + 1e-4)  # RunningMeanStd starts from a count of 1e-4
+    assert scaler.stats.mean == pytest.approx(np.mean(seen), rel=1e-4)
+    assert scaler.stats.var == pytest.approx(np.var(seen), rel=1e-4)
+    np.testing.assert_allclose(scaler.returns, [env0[-1], env1[-1]])

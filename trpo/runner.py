@@ -272,6 +272,8 @@ class Runner:
                 continue
             # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
             epoch_log.complete(row, policy_stats)
+            if not saves:
+                continue
             self._save(
                 parts,
                 TrainingState(
