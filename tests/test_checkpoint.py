@@ -38,7 +38,7 @@ from tests.conftest import (
     wandb_runs,
     without_wall_clock,
 )
-from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from trpo.checkpoint import CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from trpo.compare import read_run
 from trpo.envs import EnvBatch, SubprocEnvBatch, make_env_batch
 from trpo.runner import RunIdentity, Runner, restore_trained_hydra_files
@@ -412,6 +412,15 @@ def test_relaunch_with_another_network_optimizer_or_batch_is_refused(
     with pytest.raises(CheckpointError, match=key):
         Runner(cfg, RunIdentity(run_dir)).run()
     assert len(read_rows(run_dir)) == 2
+
+
+def test_a_value_set_in_training_and_unset_now_is_a_difference() -> None:
+    """null is a value like any other: a run trained with a natural_lr cap is not continued without it, nor one
+    trained without it with one."""
+    for saved, now in ((20.0, None), (None, 20.0)):
+        with pytest.raises(CheckpointError, match=f"optimizer.natural_lr={saved!r}, but this run has"):
+            check_compatible({"model": {"optimizer.natural_lr": saved}}, {"optimizer.natural_lr": now})
+    check_compatible({"model": {"optimizer.natural_lr": None}}, {"optimizer.natural_lr": None})
 
 
 def test_finished_run_relaunched_with_another_config_is_refused_not_reported(

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config
 from trpo.compare import flatten
-from trpo.config import ConfigError, check_group_options, env_kwargs, validate
+from trpo.config import ConfigError, check_group_options, env_kwargs, has_schedule, validate
 from trpo.envs import make_env
 from trpo.networks import CategoricalPolicy, GaussianPolicy, make_policy
 from trpo.updates import UpdateRule
@@ -80,6 +80,7 @@ def test_default_config_is_valid():
         ["optimizer.damping_coeff=0", "optimizer.train_v_iters=0"],
         ["optimizer.delta=1", "optimizer.vf_lr=1e-5"],
         ["steps_per_epoch=4000", "sampler.num_envs=8"],
+        ["steps_per_epoch=32", "sampler.num_envs=2", "optimizer.vf_minibatches=32"],  # minibatches of one row
         ["policy.activation=relu", "policy.hidden_sizes=[8]"],
         ["logger.mode=disabled", "logger.entity=me", "logger.tags=[a,b]"],
     ],
@@ -146,6 +147,8 @@ BAD_VALUES = [
     (["optimizer.cg_iters=2.5"], "optimizer.cg_iters", "2.5"),
     (["optimizer.cg_iters=true"], "optimizer.cg_iters", "True"),
     (["optimizer.vf_lr=0"], "optimizer.vf_lr", "0"),
+    (["optimizer.delta=inf"], "optimizer.delta", "inf"),
+    (["policy.init_log_std=nan"], "policy.init_log_std", "nan"),
     (["optimizer.damping_coeff=-1"], "optimizer.damping_coeff", "-1"),
     (["epochs=0"], "epochs", "0"),
     (["steps_per_epoch=-5"], "steps_per_epoch", "-5"),
@@ -173,6 +176,20 @@ def test_bad_value_is_refused_with_one_line_message(overrides, key, value):
     assert "\n" not in message
     assert message.startswith(key), message
     assert value in message, message
+
+
+@pytest.mark.parametrize(
+    "overrides, scheduled",
+    [
+        ([], False),
+        (["policy.final_log_std=-1.0"], True),
+        (["optimizer.vf_lr_schedule=linear"], True),
+        (["optimizer.delta_schedule=linear"], True),
+    ],
+)
+def test_has_schedule_names_each_thing_annealed_over_the_epochs(overrides, scheduled):
+    """A run with any of the three schedules cannot be continued with other epochs; one with none can."""
+    assert has_schedule(compose_config(overrides)) is scheduled
 
 
 def test_steps_not_multiple_of_num_envs_names_both_keys():

@@ -35,7 +35,7 @@ def table_row(text: str, first_cell: str) -> list[str]:
 
 def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    write_task(results, "halfcheetah", "HalfCheetah-v5", [4600.0, 4500.0, 4700.0])  # mean 4600: met
+    write_task(results, "halfcheetah", "HalfCheetah-v5", [4500.0, 4400.0, 4600.0])  # mean exactly 4500: met
     write_task(results, "hopper", "Hopper-v5", [4500.0, 4500.0, 2700.0])  # mean 3900, but 2700 < 2800
     write_task(results, "walker2d", "Walker2d-v5", [5000.0, 4990.0, 5000.0])  # every seed above 4000, mean short
     out = tmp_path / "docs" / "results.md"
@@ -44,7 +44,7 @@ def test_goal_needs_the_mean_and_every_seed_above_its_floor(tmp_path: Path) -> N
 
     text = out.read_text()
     assert table_row(text, "HalfCheetah-v5") == [
-        "HalfCheetah-v5", "4600 / 4500 / 4700", "4600 ± 82", "300", "4500 (no seed < 3600)", "yes", "n/a"
+        "HalfCheetah-v5", "4500 / 4400 / 4600", "4500 ± 82", "300", "4500 (no seed < 3600)", "yes", "n/a"
     ]
     assert table_row(text, "Hopper-v5")[1:3] == ["4500 / 4500 / 2700", "3900 ± 849"]
     assert table_row(text, "Hopper-v5")[-2] == "no"
@@ -201,16 +201,18 @@ def test_a_section_without_runs_is_read_from_its_records_which_stay(tmp_path: Pa
 def test_the_goal_is_judged_on_seeds_0_1_2_and_only_drawn_figures_are_shown(tmp_path: Path) -> None:
     results = tmp_path / "results"
     write_task(results, "hopper", "Hopper-v5", [3708.0, 3541.0, 3550.0, 100.0])  # seed 3 is not the goal's
+    write_task(results, "walker2d", "Walker2d-v5", [6000.0, 6000.0])  # seed 2 missing: not met, however high
     out = tmp_path / "docs" / "results.md"
     (out.parent / "figures").mkdir(parents=True)
-    (out.parent / "figures" / "results-walker2d.png").write_bytes(b"an older run's figure")
+    (out.parent / "figures" / "results-halfcheetah.png").write_bytes(b"an older run's figure")
 
     main(["--results-dir", str(results), "--out", str(out)])
 
     text = out.read_text()
     assert table_row(text, "Hopper-v5")[1:3] == ["3708 / 3541 / 3550", "3600 ± 77"]
     assert table_row(text, "Hopper-v5")[-2] == "yes"
-    assert "figures/results-hopper.png" in text and "figures/results-walker2d.png" not in text
+    assert table_row(text, "Walker2d-v5")[1] == "6000 / 6000" and table_row(text, "Walker2d-v5")[-2] == "no"
+    assert "figures/results-hopper.png" in text and "figures/results-halfcheetah.png" not in text
 
 
 def test_sb3_table_sets_the_rerun_anchor_beside_the_preset_on_the_seeds_both_have(tmp_path: Path) -> None:
