@@ -266,14 +266,14 @@ class Runner:
             last_epoch = epoch == cfg.epochs - 1
             if last_epoch or (cfg.eval.freq > 0 and (epoch + 1) % cfg.eval.freq == 0):
                 row["EvalEpRet"] = self._evaluate(parts)
-            saves = (epoch + 1) % cfg.save_freq == 0 or last_epoch
-            if value_fit.overlaps_sampling and not saves:
-                waiting = (row, policy_stats)
+            if (epoch + 1) % cfg.save_freq != 0 and not last_epoch:
+                if value_fit.overlaps_sampling:
+                    waiting = (row, policy_stats)
+                else:
+                    epoch_log.complete(row, policy_stats)
                 continue
             # A checkpoint holds the epoch's fitted value function, so it waits for the fit here.
             epoch_log.complete(row, policy_stats)
-            if not saves:
-                continue
             self._save(
                 parts,
                 TrainingState(
